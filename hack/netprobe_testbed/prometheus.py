@@ -1,0 +1,119 @@
+"""A real Prometheus server (Debian's `prometheus` package) for tests.
+
+Started on loopback with its own storage in a temporary directory, a scrape
+config the caller gives (e.g. one equivalent to a rendered ServiceMonitor) and
+rule files (e.g. the groups of a rendered PrometheusRule). Queried through its
+HTTP API, exactly as Grafana would.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrometheusServer:
+    def __init__(self, scrape_configs: list[dict], rule_groups: list[dict] | None = None,
+                 evaluation_interval: str = "1s", binary: str = "prometheus"):
+        self.binary = shutil.which(binary) or binary
+        self.scrape_configs = scrape_configs
+        self.rule_groups = rule_groups or []
+        self.evaluation_interval = evaluation_interval
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "PrometheusServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60) -> None:
+        if not shutil.which(self.binary):
+            raise FileNotFoundError("prometheus not found: install Debian's `prometheus` package (make setup)")
+        self.workdir = Path(tempfile.mkdtemp(prefix="netprobe-prom-"))
+        config = {
+            "global": {"evaluation_interval": self.evaluation_interval},
+            "scrape_configs": self.scrape_configs,
+        }
+        if self.rule_groups:
+            rules = self.workdir / "rules.yaml"
+            rules.write_text(yaml.safe_dump({"groups": self.rule_groups}, sort_keys=False))
+            config["rule_files"] = [str(rules)]
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        self.log_path = self.workdir / "prometheus.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={self.workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}",
+             "--web.enable-lifecycle"],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited ({self.proc.returncode}): {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"prometheus not ready after {timeout}s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _get(self, path: str, params: dict) -> dict:
+        url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            body = json.load(r)
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus {path} failed: {body}")
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict]:
+        """Instant query; returns the result vector (list of {metric, value})."""
+        return self._get("/api/v1/query", {"query": promql})["result"]
+
+    def alerts(self) -> list[dict]:
+        return self._get("/api/v1/alerts", {})["alerts"]
+
+    def targets(self) -> list[dict]:
+        return self._get("/api/v1/targets", {})["activeTargets"]

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   python3-bpfcc bpfcc-tools bpftool   # BCC runtime, bpftool for leak checks
   linux-headers-amd64                 # kernel headers BCC compiles against
   iproute2 nftables iperf3 ethtool    # network namespaces, drop rules, traffic
+  sockperf                            # bench: TCP request/response rate
   libcap2-bin                         # capsh: least-privilege test
   prometheus                          # real Prometheus server and promtool
   openssl curl ca-certificates

@@ -1,0 +1,98 @@
+/* Shared definitions of the netprobe BPF programs (compiled by BCC).
+ *
+ * Conventions every program follows, which node_agent/ decodes:
+ *  - Addresses are 16 bytes: IPv6 as is, IPv4 as IPv4-mapped (::ffff:a.b.c.d),
+ *    so one key layout serves both families.
+ *  - Counters live in per-CPU LRU hashes keyed by what the labels need;
+ *    user space sums the CPUs at scrape time and never deletes.
+ *  - Histograms are log2: the slot is the last key field; slot s counts
+ *    values v with 2^(s-1) < v <= 2^s (slot 0: v <= 1), so bucket s has the
+ *    inclusive upper bound le = 2^s units. Slot NP_SUM_SLOT holds the sum.
+ *  - A failed map update is never silent: it increments np_map_errors[index].
+ *
+ * Compile-time constants come from the program's options (-D on the BCC
+ * command line): NP_MAX_ENTRIES and the program's own.
+ */
+#ifndef NETPROBE_H
+#define NETPROBE_H
+
+#define NP_AF_INET 2
+#define NP_AF_INET6 10
+#define NP_IPPROTO_TCP 6
+
+#define NP_MAX_SLOT 63          /* values beyond 2^63 units share the last slot */
+#define NP_SUM_SLOT 0xFFFF      /* the key that accumulates the sum of values */
+
+#ifndef NP_MAX_ENTRIES
+#error "NP_MAX_ENTRIES must be defined by the agent"
+#endif
+#ifndef NP_MAP_ERROR_SLOTS
+#define NP_MAP_ERROR_SLOTS 8
+#endif
+
+struct np_addr_pair {
+    u8 local[16];               /* the socket's own address (this node's side) */
+    u8 remote[16];
+};
+
+/* Failed updates per map (index chosen by the program, named in its description). */
+BPF_PERCPU_ARRAY(np_map_errors, u64, NP_MAP_ERROR_SLOTS);
+
+static __always_inline void np_map_error(u32 index)
+{
+    u64 *count = np_map_errors.lookup(&index);
+    if (count)
+        (*count)++;
+}
+
+static __always_inline void np_addr_from_v4(u8 dst[16], const u8 src[4])
+{
+    __builtin_memset(dst, 0, 10);
+    dst[10] = 0xff;
+    dst[11] = 0xff;
+    __builtin_memcpy(dst + 12, src, 4);
+}
+
+/* A struct sockaddr_in / sockaddr_in6 as some tracepoints store it (28 bytes):
+ * family at 0, IPv4 address at 4, IPv6 address at 8. Returns 0 when neither. */
+static __always_inline int np_addr_from_sockaddr(u8 dst[16], const u8 sa[28])
+{
+    u16 family = sa[0] | (sa[1] << 8);
+    if (family == NP_AF_INET) {
+        np_addr_from_v4(dst, sa + 4);
+        return 1;
+    }
+    if (family == NP_AF_INET6) {
+        __builtin_memcpy(dst, sa + 8, 16);
+        return 1;
+    }
+    return 0;
+}
+
+/* The log2 slot of v: the smallest s with v <= 2^s, capped at NP_MAX_SLOT. */
+static __always_inline u32 np_log2_slot(u64 v)
+{
+    if (v <= 1)
+        return 0;
+    v -= 1;                      /* now: bit length of v is the answer */
+    u32 bits = 0, shift;
+    shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; bits |= shift;
+    shift = (v > 0xFFFF) << 4;        v >>= shift; bits |= shift;
+    shift = (v > 0xFF) << 3;          v >>= shift; bits |= shift;
+    shift = (v > 0xF) << 2;           v >>= shift; bits |= shift;
+    shift = (v > 0x3) << 1;           v >>= shift; bits |= shift;
+    bits |= (v >> 1);                /* bits = floor(log2(v)) */
+    bits += 1;
+    return bits > NP_MAX_SLOT ? NP_MAX_SLOT : bits;
+}
+
+/* Counting idiom (BCC allows no map calls inside macros, so each program
+ * spells it out):
+ *     u64 zero = 0, *v = map.lookup_or_try_init(&key, &zero);
+ *     if (v) *v += 1; else np_map_error(ERR_MAP);
+ * lookup_or_try_init inserts with BPF_NOEXIST and looks up again, so two
+ * CPUs creating the same key never overwrite each other's counts.
+ * A histogram does that twice: at key.slot = np_log2_slot(value) (+1) and at
+ * key.slot = NP_SUM_SLOT (+value). */
+
+#endif /* NETPROBE_H */

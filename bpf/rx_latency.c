@@ -1,0 +1,141 @@
+/* rx_latency: time a received IP packet spends in the kernel, by the
+ * receiving (local) address and the sender.
+ *
+ * Two attach modes, chosen at compile time (-DNP_ATTACH_KPROBE or
+ * -DNP_ATTACH_TRACEPOINT); docs/agent.md says exactly what each measures.
+ *
+ *  kprobe:     ip_rcv / ipv6_rcv  ->  ip_rcv_finish / ip6_rcv_finish
+ *              IP header validation plus the netfilter PREROUTING hooks,
+ *              the classic ip_rcv -> ip_rcv_finish measurement.
+ *  tracepoint: net:netif_receive_skb  ->  skb:skb_copy_datagram_iovec
+ *              from the packet entering the stack on the device it was last
+ *              received on, to the first copy of its data to a reader
+ *              (recvmsg and friends): IP + transport processing plus the time
+ *              the data waited in the socket receive queue.
+ *
+ * The start time is kept per skb address in an LRU hash (packets that are
+ * never delivered, e.g. forwarded or dropped, age out of it). The addresses
+ * come from the packet's IP header, found through sk_buff->head and
+ * ->network_header at offsets read from the running kernel's BTF
+ * (OFF_SKB_HEAD, OFF_SKB_NETWORK_HEADER), never from the compile headers.
+ * An end whose start is older than NP_MAX_AGE_NS is not a measurement of
+ * this packet (the skb address was reused) and is counted as stale instead.
+ */
+#include "netprobe.h"
+#ifdef NP_ATTACH_KPROBE
+#include <uapi/linux/ptrace.h>
+#endif
+
+#if !defined(OFF_SKB_HEAD) || !defined(OFF_SKB_NETWORK_HEADER)
+#error "the agent passes sk_buff member offsets from BTF"
+#endif
+
+#define ERR_LATENCY 0
+#define ERR_INFLIGHT 1
+#define ERR_STALE 2             /* not a map failure: a discarded end */
+
+struct latency_key {
+    struct np_addr_pair pair;   /* local = packet destination, remote = source */
+    u32 slot;                   /* log2 of the latency in nanoseconds */
+    u32 pad;
+};
+
+BPF_TABLE("lru_hash", u64, u64, inflight, NP_INFLIGHT_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct latency_key, u64, latency_ns, NP_MAX_ENTRIES);
+
+static __always_inline void rx_start(u64 skb)
+{
+    u64 now = bpf_ktime_get_ns();
+    if (inflight.update(&skb, &now))
+        np_map_error(ERR_INFLIGHT);
+}
+
+/* Fill key->pair from the skb's IP header; 0 if it is neither IPv4 nor IPv6. */
+static __always_inline int rx_addresses(u64 skb, struct latency_key *key)
+{
+    unsigned char *head = 0;
+    u16 network_header = 0;
+    u8 first = 0;
+
+    bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
+    bpf_probe_read_kernel(&network_header, sizeof(network_header),
+                          (void *)(skb + OFF_SKB_NETWORK_HEADER));
+    if (!head)
+        return 0;
+    unsigned char *ip = head + network_header;
+    bpf_probe_read_kernel(&first, 1, ip);
+    if ((first >> 4) == 4) {
+        u8 addrs[8];
+        bpf_probe_read_kernel(addrs, 8, ip + 12);    /* saddr, daddr */
+        np_addr_from_v4(key->pair.remote, addrs);
+        np_addr_from_v4(key->pair.local, addrs + 4);
+        return 1;
+    }
+    if ((first >> 4) == 6) {
+        bpf_probe_read_kernel(key->pair.remote, 16, ip + 8);
+        bpf_probe_read_kernel(key->pair.local, 16, ip + 24);
+        return 1;
+    }
+    return 0;
+}
+
+static __always_inline void rx_end(u64 skb)
+{
+    u64 *started = inflight.lookup(&skb);
+    if (!started)
+        return;
+    u64 delta = bpf_ktime_get_ns() - *started;
+    inflight.delete(&skb);
+    if (delta > NP_MAX_AGE_NS) {
+        np_map_error(ERR_STALE);
+        return;
+    }
+    struct latency_key key = {};
+    if (!rx_addresses(skb, &key))
+        return;
+    u64 zero = 0, *count;
+    key.slot = np_log2_slot(delta);
+    count = latency_ns.lookup_or_try_init(&key, &zero);
+    if (count)
+        (*count)++;
+    else
+        np_map_error(ERR_LATENCY);
+    key.slot = NP_SUM_SLOT;
+    count = latency_ns.lookup_or_try_init(&key, &zero);
+    if (count)
+        *count += delta;
+    else
+        np_map_error(ERR_LATENCY);
+}
+
+#if defined(NP_ATTACH_KPROBE)
+
+int np_ip_rcv(struct pt_regs *ctx)
+{
+    rx_start(PT_REGS_PARM1(ctx));              /* ip_rcv(skb, dev, pt, orig_dev) */
+    return 0;
+}
+
+int np_ip_rcv_finish(struct pt_regs *ctx)
+{
+    rx_end(PT_REGS_PARM3(ctx));                /* ip_rcv_finish(net, sk, skb) */
+    return 0;
+}
+
+#elif defined(NP_ATTACH_TRACEPOINT)
+
+int np_netif_receive(struct tracepoint__net__netif_receive_skb *args)
+{
+    rx_start((u64)args->skbaddr);
+    return 0;
+}
+
+int np_skb_copy(struct tracepoint__skb__skb_copy_datagram_iovec *args)
+{
+    rx_end((u64)args->skbaddr);
+    return 0;
+}
+
+#else
+#error "define NP_ATTACH_KPROBE or NP_ATTACH_TRACEPOINT"
+#endif

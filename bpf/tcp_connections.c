@@ -1,0 +1,181 @@
+/* tcp_connections: TCP connections opened, closed, active, their duration,
+ * and resets, by local socket address, peer and direction.
+ *
+ * Hooks: tracepoint sock:inet_sock_set_state (every TCP state change, with
+ * the socket's own address as saddr), tcp:tcp_send_reset, tcp:tcp_receive_reset.
+ *
+ * A connection is opened when it reaches ESTABLISHED: from SYN_SENT it is
+ * outbound (we connected), from SYN_RECV inbound (we accepted). The socket is
+ * remembered (np_sockets) with its open time; when it reaches CLOSE, closed
+ * and the duration histogram are counted and active goes down. Connections
+ * opened before the program was loaded are not counted at all, so
+ * opened - closed == active exactly. A socket that cannot be remembered
+ * (np_sockets full) is counted in opened and in np_map_errors[ERR_SOCKETS],
+ * never in active.
+ */
+#include "netprobe.h"
+
+/* tcp_send_reset's format names this enum (kernel 6.10+); the headers BCC
+ * compiles with may predate it. Only its size matters (the field is unused). */
+enum sk_rst_reason { NP_SK_RST_REASON_UNUSED };
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+#define DIR_OUTBOUND 1          /* connections; resets use DIR_SENT / DIR_RECEIVED */
+#define DIR_INBOUND 2
+#define DIR_SENT 1
+#define DIR_RECEIVED 2
+
+#define ERR_SOCKETS 0
+#define ERR_OPENED 1
+#define ERR_CLOSED 2
+#define ERR_ACTIVE 3
+#define ERR_DURATION 4
+#define ERR_RESETS 5
+
+struct conn_key {
+    struct np_addr_pair pair;
+    u8 direction;
+    u8 pad[7];
+};
+
+struct duration_key {
+    struct conn_key conn;
+    u32 slot;                   /* log2 of the duration in microseconds */
+    u32 pad;
+};
+
+struct sock_info {
+    u64 opened_ns;
+    struct conn_key conn;
+};
+
+BPF_TABLE("hash", u64, struct sock_info, np_sockets, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct conn_key, u64, opened, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct conn_key, u64, closed, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct conn_key, s64, active, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct duration_key, u64, duration_us, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct conn_key, u64, resets, NP_MAX_ENTRIES);
+
+static __always_inline void count_conn(int which, struct conn_key *key, s64 delta)
+{
+    u64 zero = 0, *count = 0;
+    s64 szero = 0, *level = 0;
+
+    switch (which) {
+    case ERR_OPENED:
+        count = opened.lookup_or_try_init(key, &zero);
+        break;
+    case ERR_CLOSED:
+        count = closed.lookup_or_try_init(key, &zero);
+        break;
+    case ERR_RESETS:
+        count = resets.lookup_or_try_init(key, &zero);
+        break;
+    case ERR_ACTIVE:
+        level = active.lookup_or_try_init(key, &szero);
+        if (level)
+            *level += delta;
+        else
+            np_map_error(ERR_ACTIVE);
+        return;
+    }
+    if (count)
+        *count += delta;
+    else
+        np_map_error(which);
+}
+
+static __always_inline void observe_duration(struct conn_key *conn, u64 lived_us)
+{
+    struct duration_key key = {};
+    u64 zero = 0, *count;
+
+    key.conn = *conn;
+    key.slot = np_log2_slot(lived_us);
+    count = duration_us.lookup_or_try_init(&key, &zero);
+    if (count)
+        (*count)++;
+    else
+        np_map_error(ERR_DURATION);
+    key.slot = NP_SUM_SLOT;
+    count = duration_us.lookup_or_try_init(&key, &zero);
+    if (count)
+        *count += lived_us;
+    else
+        np_map_error(ERR_DURATION);
+}
+
+int np_tcp_state(struct tracepoint__sock__inet_sock_set_state *args)
+{
+    if (args->protocol != NP_IPPROTO_TCP)
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    int newstate = args->newstate, oldstate = args->oldstate;
+
+    if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+        struct sock_info info = {};
+        info.opened_ns = bpf_ktime_get_ns();
+        info.conn.direction = oldstate == TCP_SYN_SENT ? DIR_OUTBOUND : DIR_INBOUND;
+        if (args->family == NP_AF_INET) {
+            np_addr_from_v4(info.conn.pair.local, args->saddr);
+            np_addr_from_v4(info.conn.pair.remote, args->daddr);
+        } else if (args->family == NP_AF_INET6) {
+            __builtin_memcpy(info.conn.pair.local, args->saddr_v6, 16);
+            __builtin_memcpy(info.conn.pair.remote, args->daddr_v6, 16);
+        } else {
+            return 0;
+        }
+        count_conn(ERR_OPENED, &info.conn, 1);
+        if (np_sockets.update(&sk, &info) == 0)
+            count_conn(ERR_ACTIVE, &info.conn, 1);
+        else
+            np_map_error(ERR_SOCKETS);
+        return 0;
+    }
+
+    if (newstate == TCP_CLOSE) {
+        struct sock_info *info = np_sockets.lookup(&sk);
+        if (!info)
+            return 0;          /* opened before we looked, or never established */
+        struct sock_info seen = *info;
+        np_sockets.delete(&sk);
+        count_conn(ERR_CLOSED, &seen.conn, 1);
+        count_conn(ERR_ACTIVE, &seen.conn, -1);
+        observe_duration(&seen.conn, (bpf_ktime_get_ns() - seen.opened_ns) / 1000);
+    }
+    return 0;
+}
+
+/* RST we send: saddr is our side (for a socketless reply the kernel stores
+ * the incoming packet's addresses reversed, so saddr is still ours). */
+int np_tcp_send_reset(struct tracepoint__tcp__tcp_send_reset *args)
+{
+    struct conn_key key = {};
+    key.direction = DIR_SENT;
+    if (!np_addr_from_sockaddr(key.pair.local, args->saddr) ||
+        !np_addr_from_sockaddr(key.pair.remote, args->daddr))
+        return 0;
+    count_conn(ERR_RESETS, &key, 1);
+    return 0;
+}
+
+int np_tcp_receive_reset(struct tracepoint__tcp__tcp_receive_reset *args)
+{
+    struct conn_key key = {};
+    key.direction = DIR_RECEIVED;
+    if (args->family == NP_AF_INET) {
+        np_addr_from_v4(key.pair.local, args->saddr);
+        np_addr_from_v4(key.pair.remote, args->daddr);
+    } else if (args->family == NP_AF_INET6) {
+        __builtin_memcpy(key.pair.local, args->saddr_v6, 16);
+        __builtin_memcpy(key.pair.remote, args->daddr_v6, 16);
+    } else {
+        return 0;
+    }
+    count_conn(ERR_RESETS, &key, 1);
+    return 0;
+}

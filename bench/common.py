@@ -1,0 +1,112 @@
+"""What every benchmark needs: an agent to run, its process figures, a place for results."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from netprobe_testbed.demo import (ALL_LABELS, ALL_PROGRAMS, AgentProcess, free_listen_address,
+                                   write_agent_config)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Figure:
+    """One reported number, with the target it is judged against (if any)."""
+    benchmark: str
+    what: str
+    value: float
+    unit: str
+    target: str = ""          # e.g. "<= 100"; empty: informational
+    detail: str = ""          # how it was obtained, spread of the runs, ...
+
+    def meets(self) -> bool | None:
+        m = re.fullmatch(r"\s*(<=|>=)\s*([0-9.]+)\s*", self.target)
+        if not m:
+            return None
+        bound = float(m.group(2))
+        return self.value <= bound if m.group(1) == "<=" else self.value >= bound
+
+
+def log(msg: str) -> None:
+    print(f"  {msg}", flush=True)
+
+
+def machine_state() -> str:
+    """Kernel, CPUs and load, for the record next to the figures."""
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return f"{platform.node()} Linux {platform.release()}, {os.cpu_count()} CPUs; uptime: {uptime}"
+
+
+@contextmanager
+def running_agent(workdir: Path, resolver_file: Path, tag: str, programs=ALL_PROGRAMS,
+                  labels=ALL_LABELS):
+    """Start the agent (its own free port, log in workdir), yield it once ready, stop it."""
+    listen, _ = free_listen_address("127.0.0.1:0")
+    config = write_agent_config(workdir / f"agent-{tag}.yaml", listen, resolver_file,
+                                programs=programs, labels=labels)
+    agent = AgentProcess(config, workdir / f"agent-{tag}.log", listen)
+    agent.start()
+    try:
+        took = agent.wait_ready(progress=lambda t: log(f"... agent not ready yet ({t:.0f}s)"), every=10)
+        log(f"agent ready after {took:.1f}s (pid {agent.pid}, {agent.base_url})")
+        yield agent
+    finally:
+        agent.stop()
+
+
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # utime, stime
+
+
+def process_cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU of all live threads of a process (schedstat: finer than clock ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # the thread ended meanwhile
+    return total
+
+
+def process_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of a process, in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def interface_packets(ifname: str) -> int:
+    """rx + tx packets of an interface in the root network namespace."""
+    stats = Path(f"/sys/class/net/{ifname}/statistics")
+    return int((stats / "rx_packets").read_text()) + int((stats / "tx_packets").read_text())
+
+
+def spread(values: list[float], fmt: str = "{:.3g}") -> str:
+    """'runs 1.2, 1.3 (median 1.25)' for the detail column."""
+    return (f"runs {', '.join(fmt.format(v) for v in values)} "
+            f"(median {fmt.format(statistics.median(values))})")
+
+
+def wait_listening(pod, port: int, timeout: float = 15) -> None:
+    """Wait until something listens on TCP `port` inside a lab pod (servers we start)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pod.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} in {pod.name} after {timeout}s")

@@ -1,0 +1,128 @@
+"""Per-program kernel cost: ns per event, from the kernel's own BPF run-time statistics.
+
+With kernel.bpf_stats_enabled=1 the kernel adds, for every BPF program, the
+time each run took (run_time_ns) and the number of runs (run_cnt); bpftool
+shows both. The agent's programs are found through the agent process's file
+descriptors (/proc/<pid>/fdinfo prog_id), named by the BPF C function they run,
+and attributed to their catalogue program and hook by the agent's own program
+specs (node_agent.programs.CATALOGUE). The cost is the delta over a traffic window, divided by the
+delta of runs: one run = one event (a tracepoint hit).
+
+Traffic while measuring: one iperf3 stream (segments and ACKs: tcp_probe,
+receive path), short connections with every 10th to a closed port (state
+changes, resets), and a pair with 20 % random loss (retransmits).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.common import Figure, log, running_agent
+from bench.traffic import iperf3_client_argv, start_iperf3_server, start_short_connections
+from netprobe_testbed.netns import Lab
+
+NAME = "kernel_cost"
+TARGET_NS = 100
+STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+ECHO_PORT = 8080
+KERNEL_NAME_LEN = 15  # BPF_OBJ_NAME_LEN - 1: the kernel keeps this much of a program's name
+
+
+@contextmanager
+def bpf_stats_enabled():
+    """kernel.bpf_stats_enabled=1 for the block, then the value it had before."""
+    before = STATS_SYSCTL.read_text().strip()
+    STATS_SYSCTL.write_text("1")
+    try:
+        yield
+    finally:
+        STATS_SYSCTL.write_text(before)
+
+
+def functions_by_program() -> dict[str, str]:
+    """BPF C function name -> "program (hook, ...)" from the agent's catalogue."""
+    from node_agent.programs import CATALOGUE
+
+    hooks: dict[str, tuple[str, list[str]]] = {}
+    for spec in CATALOGUE.values():
+        for strategy in spec.strategies:
+            for attach in strategy.attachments:
+                program, targets = hooks.setdefault(attach.fn, (spec.name, []))
+                if attach.target not in targets:
+                    targets.append(attach.target)
+    return {fn: f"{program}: {fn} ({', '.join(targets)})" for fn, (program, targets) in hooks.items()}
+
+
+def prog_ids_of(pid: int) -> set[int]:
+    """IDs of the BPF programs a process holds open."""
+    ids = set()
+    for info in Path(f"/proc/{pid}/fdinfo").iterdir():
+        try:
+            m = re.search(r"^prog_id:\s+(\d+)", info.read_text(), flags=re.M)
+        except OSError:
+            continue  # the fd closed meanwhile
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
+
+
+def prog_stats(ids: set[int]) -> dict[int, dict]:
+    """id -> bpftool's record (name, type, run_time_ns, run_cnt) for the given programs."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+    return {p["id"]: p for p in json.loads(out.stdout) if p["id"] in ids}
+
+
+def describe_prog(kernel_name: str, owners: dict[str, str]) -> str:
+    """What a loaded program is, from its possibly truncated kernel name."""
+    matches = [fn for fn in owners if fn == kernel_name
+               or (len(kernel_name) == KERNEL_NAME_LEN and fn.startswith(kernel_name))]
+    if len(matches) == 1:
+        return owners[matches[0]]
+    return f"unknown program {kernel_name}"
+
+
+def run(workdir: Path, seconds: float, **_) -> list[Figure]:
+    owners = functions_by_program()
+    with Lab(["client", "server", "lossy"], prefix="npk") as lab, bpf_stats_enabled():
+        client, server, lossy = lab.pods["client"], lab.pods["server"], lab.pods["lossy"]
+        resolver = lab.write_static_resolver(workdir / "pods-kernel-cost.yaml", {
+            "client": ("bench", "client-1", "client"), "server": ("bench", "server-1", "server"),
+            "lossy": ("bench", "lossy-1", "lossy")})
+        start_iperf3_server(server)
+        lab.serve_tcp("server", ECHO_PORT)
+        lab.serve_tcp("lossy", ECHO_PORT)
+        lab.add_random_drop("lossy", 20, from_ip=client.ip4)
+        with running_agent(workdir, resolver, "kernel-cost") as agent:
+            ids = prog_ids_of(agent.pid)
+            if not ids:
+                raise RuntimeError("the agent holds no BPF program file descriptors")
+            before = prog_stats(ids)
+            started = time.monotonic()
+            background = [
+                start_short_connections(client, server.ip4, ECHO_PORT, refused_every=10),
+                start_short_connections(client, lossy.ip4, ECHO_PORT, size=16384),
+            ]
+            log(f"traffic for {seconds:g}s: iperf3 stream, short connections (10 % refused), 20 % lossy pair")
+            client.run(iperf3_client_argv(server.ip4, seconds), timeout=seconds + 60)
+            after = prog_stats(ids)
+            window = time.monotonic() - started
+            for proc in background:
+                proc.kill()
+
+    figures = []
+    for prog_id, rec in sorted(after.items(), key=lambda kv: describe_prog(kv[1]["name"], owners)):
+        prev = before.get(prog_id, {})
+        runs = rec.get("run_cnt", 0) - prev.get("run_cnt", 0)
+        ns = rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0)
+        what = describe_prog(rec["name"], owners)
+        if runs <= 0:
+            figures.append(Figure(NAME, what, float("nan"), "ns/event", f"<= {TARGET_NS}",
+                                  "no events in the window"))
+            continue
+        figures.append(Figure(NAME, what, ns / runs, "ns/event", f"<= {TARGET_NS}",
+                              f"{runs} events in {window:.1f}s ({runs / window:,.0f}/s), {rec['type']}"))
+    return figures

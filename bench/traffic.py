@@ -1,0 +1,91 @@
+"""Load generators run inside lab pods: iperf3 (stream), sockperf (ping-pong), short connections."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from bench.common import wait_listening
+
+IPERF3_PORT = 5201
+SOCKPERF_PORT = 11111
+
+
+def start_iperf3_server(pod) -> subprocess.Popen:
+    proc = pod.popen(["iperf3", "--server", "--port", IPERF3_PORT],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(pod, IPERF3_PORT)
+    return proc
+
+
+def iperf3_client_argv(server_ip: str, seconds: float) -> list[str]:
+    return ["iperf3", "--client", server_ip, "--port", IPERF3_PORT, "--time", f"{seconds:g}", "--json"]
+
+
+def iperf3_bits_per_second(pod, server_ip: str, seconds: float) -> float:
+    """One TCP stream for `seconds`; the receiver's average rate in bit/s."""
+    res = pod.run(iperf3_client_argv(server_ip, seconds), timeout=seconds + 60)
+    report = json.loads(res.stdout)
+    if "error" in report:
+        raise RuntimeError(f"iperf3: {report['error']}")
+    return float(report["end"]["sum_received"]["bits_per_second"])
+
+
+def start_sockperf_server(pod, ip: str) -> subprocess.Popen:
+    proc = pod.popen(["sockperf", "server", "--tcp", "-i", ip, "-p", SOCKPERF_PORT],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(pod, SOCKPERF_PORT)
+    return proc
+
+
+def sockperf_pingpong_argv(server_ip: str, seconds: float, msg_size: int = 64,
+                           mps: int | None = None) -> list[str]:
+    """One persistent TCP connection, one small message in flight at a time.
+
+    `mps` caps the messages per second (None: as fast as the round trips allow).
+    """
+    return ["sockperf", "ping-pong", "--tcp", "-i", server_ip, "-p", SOCKPERF_PORT,
+            "-t", f"{seconds:g}", "-m", msg_size, "--mps", "max" if mps is None else mps]
+
+
+def sockperf_round_trips_per_second(output: str) -> float:
+    """From sockperf's '[Valid Duration] RunTime=2.550 sec; SentMessages=..; ReceivedMessages=N'."""
+    m = re.search(r"\[Valid Duration\] RunTime=([0-9.]+) sec; SentMessages=(\d+); ReceivedMessages=(\d+)",
+                  output)
+    if not m:
+        raise RuntimeError(f"sockperf printed no result:\n{output[-2000:]}")
+    return int(m.group(3)) / float(m.group(1))
+
+
+def sockperf_pingpong(pod, server_ip: str, seconds: float, mps: int | None = None) -> float:
+    """Round trips per second of a ping-pong over one connection."""
+    res = pod.run(sockperf_pingpong_argv(server_ip, seconds, mps=mps), timeout=seconds + 60)
+    return sockperf_round_trips_per_second(res.stdout + res.stderr)
+
+
+# Short connections in a loop until killed: connect, send, read the echo to EOF, close.
+# With `refused_every` > 0 every n-th attempt goes to a closed port (a reset).
+_SHORT_CONNECTIONS = r"""
+import socket, sys
+host, port, closed_port, refused_every, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+payload = b"s" * size
+n = 0
+while True:
+    n += 1
+    target = closed_port if refused_every and n % refused_every == 0 else port
+    try:
+        with socket.create_connection((host, target), timeout=10) as c:
+            c.sendall(payload)
+            while c.recv(65536):
+                pass
+    except OSError:
+        pass
+"""
+
+
+def start_short_connections(pod, server_ip: str, port: int, size: int = 64,
+                            closed_port: int = 9, refused_every: int = 0) -> subprocess.Popen:
+    """A client process making short connections as fast as it can (the lab kills it on stop)."""
+    return pod.popen([sys.executable, "-c", _SHORT_CONNECTIONS, server_ip, port, closed_port,
+                      refused_every, size], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,126 @@
+"""kopf handlers: thin. Each one finds the probe concerned and calls the Reconciler.
+
+Loaded by `kopf run -m netprobe_operator.handlers` (see main.py). Watches:
+  NetworkProbes                   create/update/resume -> full reconcile
+  owned DaemonSets/ConfigMaps/    edited or deleted -> re-apply the accepted
+  Services (by label, in the      object; DaemonSet status -> probe status
+  operator's namespace)
+  the monitoring.coreos.com CRDs  installed or removed -> reconcile every probe
+No timers and no delete handler, so the operator adds no finalizer: deleting a
+probe never waits for the operator; garbage collection removes its objects.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from . import kube as kube_mod
+from . import reconcile as rec
+from . import settings as s
+
+CONFIG = s.OperatorSettings.from_env()
+MANAGED = {s.LABEL_MANAGED_BY: s.MANAGED_BY}
+RETRY_DELAY_SECONDS = 30
+
+_reconciler: rec.Reconciler | None = None
+
+
+def reconciler() -> rec.Reconciler:
+    global _reconciler
+    if _reconciler is None:
+        _reconciler = rec.Reconciler(kube_mod.Kube(kube_mod.load_api_client()), CONFIG)
+    return _reconciler
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    # Watches behind load balancers can go silent: bound every watch request.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING  # only problems become k8s Events
+    settings.execution.max_workers = 4
+    reconciler()
+    logger.info("netprobe operator: namespace %s, default agent image %s",
+                CONFIG.namespace, CONFIG.agent_image)
+
+
+@kopf.index(s.API_GROUP, s.API_VERSION, s.PROBE_PLURAL)
+def probes(name: str, body: kopf.Body, **_: Any) -> dict:
+    return {name: rec.ProbeSnapshot.from_body(body)}
+
+
+def _all(index: kopf.Index) -> list[rec.ProbeSnapshot]:
+    return [snap for name in list(index) for snap in index[name]]
+
+
+def _one(index: kopf.Index, name: str | None) -> rec.ProbeSnapshot | None:
+    if not name or name not in index:
+        return None
+    return next(iter(index[name]), None)
+
+
+@kopf.on.resume(s.API_GROUP, s.API_VERSION, s.PROBE_PLURAL)
+@kopf.on.create(s.API_GROUP, s.API_VERSION, s.PROBE_PLURAL)
+@kopf.on.update(s.API_GROUP, s.API_VERSION, s.PROBE_PLURAL)
+def probe_changed(body: kopf.Body, probes: kopf.Index, **_: Any) -> None:
+    _reconcile(rec.ProbeSnapshot.from_body(body), probes)
+
+
+def _reconcile(probe: rec.ProbeSnapshot, index: kopf.Index) -> None:
+    try:
+        reconciler().reconcile(probe, _all(index))
+    except rec.ApplyFailed as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
+
+
+def _child_event(kind: str, event: str, body: kopf.Body, labels: kopf.Labels,
+                 index: kopf.Index) -> None:
+    if event not in ("ADDED", "MODIFIED", "DELETED"):
+        return  # the initial listing: the resume handlers cover it
+    probe = _one(index, labels.get(s.LABEL_PROBE))
+    if probe is None:
+        return
+    try:
+        reconciler().child_changed(probe, kind, body, event == "DELETED", _all(index))
+    except (rec.ApplyFailed, kube_mod.ApiError) as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
+
+
+@kopf.on.event("apps", "v1", "daemonsets", labels=MANAGED)
+def agent_daemonset_event(type: str, body: kopf.Body, labels: kopf.Labels,
+                          probes: kopf.Index, **_: Any) -> None:
+    _child_event("DaemonSet", type, body, labels, probes)
+
+
+@kopf.on.event("v1", "configmaps", labels=MANAGED)
+def configmap_event(type: str, body: kopf.Body, labels: kopf.Labels,
+                    probes: kopf.Index, **_: Any) -> None:
+    _child_event("ConfigMap", type, body, labels, probes)
+
+
+@kopf.on.event("v1", "services", labels=MANAGED)
+def service_event(type: str, body: kopf.Body, labels: kopf.Labels,
+                  probes: kopf.Index, **_: Any) -> None:
+    _child_event("Service", type, body, labels, probes)
+
+
+def _is_monitoring_crd(name: str, **_: Any) -> bool:
+    return name in rec.MONITORING_CRDS
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", when=_is_monitoring_crd)
+def monitoring_crd_event(type: str, body: kopf.Body, probes: kopf.Index,
+                         logger: logging.Logger, **_: Any) -> None:
+    if type not in ("ADDED", "MODIFIED", "DELETED"):
+        return
+    conditions = (body.get("status") or {}).get("conditions") or []
+    established = any(c.get("type") == "Established" and c.get("status") == "True"
+                      for c in conditions)
+    if type != "DELETED" and not established:
+        return  # not served yet; the MODIFIED event that establishes it follows
+    logger.info("CRD %s %s: reconciling every NetworkProbe", body["metadata"]["name"], type.lower())
+    for probe in _all(probes):
+        _reconcile(probe, probes)

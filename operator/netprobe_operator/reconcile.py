@@ -1,0 +1,184 @@
+"""Decide what should exist for a probe, then make it so in one apply step.
+
+The kopf handlers (handlers.py) call into this module and nothing else; it
+calls render (pure) and kube (all API calls). A spec the operator rejects
+changes nothing: the previous generation's objects keep running and the status
+says why. An accepted spec is first applied as a server-side dry run, object by
+object, and written only if every object passed, so an API error (a forbidden
+namespace, an invalid value) never leaves a half-applied set.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from . import kube as kube_mod
+from . import render, status, validation
+from . import settings as s
+
+log = logging.getLogger(__name__)
+
+MONITORING_KINDS = ("ServiceMonitor", "PrometheusRule")
+MONITORING_CRDS = frozenset({"servicemonitors.monitoring.coreos.com",
+                             "prometheusrules.monitoring.coreos.com"})
+# Kinds pruned when the spec no longer asks for them (e.g. serviceMonitor disabled).
+PRUNABLE_KINDS = ("ConfigMap", "Service", "DaemonSet") + MONITORING_KINDS
+
+
+@dataclass(frozen=True)
+class ProbeSnapshot:
+    """A NetworkProbe as the operator last saw it (kept in the kopf index)."""
+    name: str
+    uid: str
+    generation: int
+    created: str
+    spec: Mapping
+    status: Mapping
+
+    @classmethod
+    def from_body(cls, body: Mapping) -> "ProbeSnapshot":
+        meta = body["metadata"]
+        return cls(
+            name=meta["name"], uid=meta["uid"], generation=int(meta.get("generation", 1)),
+            created=meta.get("creationTimestamp", ""),
+            spec=copy.deepcopy(dict(body.get("spec") or {})),
+            status=copy.deepcopy(dict(body.get("status") or {})),
+        )
+
+    def as_other(self) -> validation.OtherProbe:
+        return validation.OtherProbe(
+            name=self.name, created=self.created,
+            metrics_port=self.spec["agent"]["metricsPort"],
+            node_selector=self.spec.get("nodeSelector") or {})
+
+
+class ApplyFailed(Exception):
+    """The API refused an object; the status says which, kopf retries later."""
+
+
+class Reconciler:
+    def __init__(self, kube: kube_mod.Kube, config: s.OperatorSettings):
+        self.kube = kube
+        self.config = config
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        # The last set applied per probe (uid, generation, manifests): child events
+        # re-apply from it, so a drifted child returns to what was accepted, never
+        # to a render of a spec that was rejected.
+        self._applied: dict[str, tuple[str, int, render.RenderedSet]] = {}
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    # --- the whole probe ----------------------------------------------------
+
+    def reconcile(self, probe: ProbeSnapshot, others: Iterable[ProbeSnapshot]) -> status.Outcome:
+        with self._lock(probe.name):
+            outcome = self._reconcile(probe, list(others))
+            new_status = status.after_reconcile(
+                probe.status, probe.generation,
+                [p["name"] for p in probe.spec["programs"]], outcome)
+            self.kube.patch_probe_status(probe.name, new_status)
+            return outcome
+
+    def _reconcile(self, probe: ProbeSnapshot, others: list[ProbeSnapshot]) -> status.Outcome:
+        daemonset_name = render.Names.for_probe(probe.name).daemonset
+        problems = validation.check_spec(probe.spec)
+        nodes = self.kube.node_labels()
+        conflict = validation.check_port_conflicts(
+            probe.name, probe.created, probe.spec,
+            [o.as_other() for o in others if o.uid != probe.uid], nodes)
+        if conflict:
+            problems.append(conflict)
+        if problems:
+            log.warning("NetworkProbe %s generation %d not applied: %s", probe.name,
+                        probe.generation, "; ".join(p.message for p in problems))
+            return status.Outcome(
+                applied=False, problems=problems,
+                monitoring=("Unknown", "NotApplied", "the spec was not applied"),
+                daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name))
+
+        warnings = [w for w in [validation.check_nodes(probe.spec, nodes)] if w]
+        rendered = render.render(render.Probe(probe.name, probe.uid, probe.spec), self.config)
+        served = {kind: self.kube.serves(kind) for kind in MONITORING_KINDS}
+        wanted = [m for m in rendered.manifests if served.get(m["kind"], True)]
+        skipped = [f"{m['kind']}/{m['metadata']['name']}: the monitoring.coreos.com CRD is not installed"
+                   for m in rendered.manifests if not served.get(m["kind"], True)]
+        monitoring = self._monitoring_condition(probe.spec, served)
+
+        try:
+            for manifest in wanted:
+                self.kube.apply(manifest, dry_run=True)
+        except kube_mod.ApiError as err:
+            return status.Outcome(
+                applied=False, monitoring=monitoring, skipped=skipped,
+                problems=[validation.Problem("ApplyRejected", f"the API server refused {err}")],
+                daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name))
+
+        stored: dict[str, dict] = {}
+        try:
+            for manifest in wanted:
+                stored[manifest["kind"]] = self.kube.apply(manifest)
+            self._prune(probe, wanted, served)
+        except kube_mod.ApiError as err:
+            raise ApplyFailed(f"applying NetworkProbe {probe.name}: {err}") from err
+        self._applied[probe.name] = (probe.uid, probe.generation, render.RenderedSet(wanted))
+        return status.Outcome(applied=True, warnings=warnings, skipped=skipped,
+                              monitoring=monitoring, daemonset=stored.get("DaemonSet"))
+
+    @staticmethod
+    def _monitoring_condition(spec: Mapping, served: Mapping[str, bool]) -> tuple[str, str, str]:
+        enabled = {"ServiceMonitor": spec["serviceMonitor"]["enabled"],
+                   "PrometheusRule": spec["prometheusRule"]["enabled"]}
+        missing = [k for k, on in enabled.items() if on and not served[k]]
+        if missing:
+            return ("False", "MonitoringCRDsMissing",
+                    f"{' and '.join(missing)} skipped: the monitoring.coreos.com CRDs are not "
+                    "installed; they are created as soon as the CRDs appear")
+        if not any(enabled.values()):
+            return ("True", "Disabled", "serviceMonitor and prometheusRule are disabled in the spec")
+        made = [k for k, on in enabled.items() if on]
+        return ("True", "Applied", f"{' and '.join(made)} applied")
+
+    def _prune(self, probe: ProbeSnapshot, wanted: list[dict], served: Mapping[str, bool]) -> None:
+        keep = {(m["kind"], m["metadata"]["namespace"], m["metadata"]["name"]) for m in wanted}
+        selector = f"{s.LABEL_PROBE}={probe.name},{s.LABEL_MANAGED_BY}={s.MANAGED_BY}"
+        namespaces = {self.config.namespace, probe.spec["dashboards"].get("namespace") or self.config.namespace}
+        for kind in PRUNABLE_KINDS:
+            if not served.get(kind, True):
+                continue
+            for namespace in sorted(namespaces):
+                if kind != "ConfigMap" and namespace != self.config.namespace:
+                    continue
+                for obj in self.kube.list(kind, namespace, selector):
+                    meta = obj["metadata"]
+                    if (kind, meta["namespace"], meta["name"]) not in keep:
+                        log.info("pruning %s %s/%s of NetworkProbe %s", kind,
+                                 meta["namespace"], meta["name"], probe.name)
+                        self.kube.delete(kind, meta["namespace"], meta["name"])
+
+    # --- one child ----------------------------------------------------------
+
+    def child_changed(self, probe: ProbeSnapshot, kind: str, child: Mapping,
+                      deleted: bool, others: Iterable[ProbeSnapshot]) -> None:
+        """A child was edited or deleted: put back what was accepted for the probe."""
+        meta = child["metadata"]
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+        if probe.uid not in owners:
+            return  # left over from an earlier probe of the same name: GC's business
+        applied = self._applied.get(probe.name)
+        if applied is None or applied[0] != probe.uid or deleted:
+            self.reconcile(probe, others)
+            return
+        desired = applied[2].find(kind, meta["namespace"], meta["name"])
+        with self._lock(probe.name):
+            if desired is not None:
+                self.kube.apply(desired)  # a no-op write when nothing drifted
+            if kind == "DaemonSet":
+                new = status.after_agent_change(probe.status, child)
+                if status.differs(probe.status, new):
+                    self.kube.patch_probe_status(probe.name, new)

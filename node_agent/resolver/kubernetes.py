@@ -612,7 +612,9 @@ class PodWatch:
         if kind != "BOOKMARK":
             record = self._record_or_none(obj)
             if record is not None:
-                self.index.apply(kind, record, self._namer.workload(record), self._clock())
+                # A deleted pod keeps the workload it had: no owner lookup for it.
+                workload = "" if kind == "DELETED" else self._namer.workload(record)
+                self.index.apply(kind, record, workload, self._clock())
         if resource_version:
             self.resource_version = resource_version
         self._mark_synced()

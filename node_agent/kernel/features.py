@@ -1,0 +1,110 @@
+"""What this node supports, read from the running kernel (for `doctor` and
+for choosing attach strategies)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from node_agent.kernel.headers import HeadersNotFound, KernelHeaders, find_kernel_headers
+
+TRACEFS_EVENTS = ("/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events")
+BCC_TRACEFS = "/sys/kernel/debug/tracing"   # BCC 0.26 reads tracepoint formats only here
+KPROBE_MARKERS = ("/sys/bus/event_source/devices/kprobe/type",
+                  "/sys/kernel/tracing/kprobe_events", "/sys/kernel/debug/tracing/kprobe_events")
+
+CAPABILITY_NAMES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)
+
+
+def effective_capabilities() -> set[str]:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                mask = int(line.split()[1], 16)
+                return {name for bit, name in enumerate(CAPABILITY_NAMES) if mask >> bit & 1}
+    return set()
+
+
+@dataclass
+class KernelFeatures:
+    release: str = field(default_factory=lambda: os.uname().release)
+
+    @cached_property
+    def btf(self) -> bool:
+        return os.path.exists("/sys/kernel/btf/vmlinux")
+
+    @cached_property
+    def kprobes(self) -> bool:
+        """The kernel offers kprobes (perf kprobe PMU or kprobe_events)."""
+        return any(os.path.exists(p) for p in KPROBE_MARKERS)
+
+    @cached_property
+    def fentry(self) -> bool:
+        """BTF plus the BPF trampoline (as BCC decides); fentry is not used by v1 programs."""
+        return self.btf and "bpf_trampoline_link_prog" in self._kallsyms
+
+    @cached_property
+    def events_dir(self) -> str | None:
+        return next((d for d in TRACEFS_EVENTS if os.path.isdir(d)), None)
+
+    @cached_property
+    def bcc_tracefs(self) -> bool:
+        return os.path.isdir(os.path.join(BCC_TRACEFS, "events"))
+
+    @cached_property
+    def capabilities(self) -> set[str]:
+        return effective_capabilities()
+
+    @cached_property
+    def _kallsyms(self) -> set[str]:
+        names = set()
+        try:
+            with open("/proc/kallsyms") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3:
+                        names.add(parts[2])
+        except OSError:
+            pass
+        return names
+
+    @cached_property
+    def headers(self) -> KernelHeaders | HeadersNotFound:
+        try:
+            return find_kernel_headers(self.release)
+        except HeadersNotFound as e:
+            return e
+
+    def tracepoint(self, name: str) -> bool:
+        category, event = name.split(":", 1)
+        return self.events_dir is not None and os.path.exists(os.path.join(self.events_dir, category, event, "id"))
+
+    def kernel_function(self, name: str) -> bool:
+        return name in self._kallsyms
+
+    def can_bpf(self) -> bool:
+        caps = self.capabilities
+        return "SYS_ADMIN" in caps or {"BPF", "PERFMON"} <= caps
+
+    def unmet(self, strategy) -> list[str]:
+        """Why `strategy` cannot work here (empty: it should)."""
+        reasons = []
+        for tp in strategy.tracepoints:
+            if not self.tracepoint(tp):
+                reasons.append(f"tracepoint {tp} missing")
+            elif not os.path.exists(os.path.join(BCC_TRACEFS, "events", *tp.split(":", 1), "format")):
+                reasons.append(f"{BCC_TRACEFS} not mounted (BCC reads tracepoint formats there)")
+        if strategy.kprobe_functions:
+            if not self.kprobes:
+                reasons.append("kernel without kprobes")
+            else:
+                reasons += [f"function {fn} not in /proc/kallsyms"
+                            for fn in strategy.kprobe_functions if not self.kernel_function(fn)]
+        return sorted(set(reasons))

@@ -1,0 +1,1 @@
+"""Kernel maps to Prometheus metrics: key decoding, labels, histograms, the Collector."""

@@ -1,0 +1,265 @@
+"""The prometheus_client Collector: kernel maps read at scrape time.
+
+Nothing crosses from the kernel per packet: at each scrape every map is read
+once (batched), per-CPU values are summed, keys are turned into label values
+(one resolver lookup per distinct address per scrape), series whose labels
+end up equal are summed, log2 slots become cumulative buckets. Nothing is
+deleted on read: two Prometheus servers scraping see the same counters.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from node_agent.metrics.histogram import SUM_SLOT, cumulative_buckets
+from node_agent.metrics.keys import decode_key
+from node_agent.metrics.labels import LabelScope, NodeAddresses
+from node_agent.programs import CATALOGUE
+from node_agent.runtime.instance import ProgramInstance
+from node_agent.runtime.manager import ProgramManager
+from node_agent.runtime.spec import Metric
+
+log = logging.getLogger(__name__)
+
+STAGES = ("config", "compile", "load", "attach")
+
+
+def read_map(table) -> list[tuple[bytes, int]]:
+    """All (raw key, value summed over CPUs) of a BCC table."""
+    try:
+        items = list(table.items_lookup_batch())
+    except Exception:   # kernels or map types without batch lookup
+        items = table.items()
+    out = []
+    for k, v in items:
+        if isinstance(v, int):
+            total = v
+        elif hasattr(v, "__len__"):   # per-CPU: one value per possible CPU
+            total = sum(v)
+        else:
+            total = v.value
+        out.append((bytes(k), total))
+    return out
+
+
+class AgentState:
+    """What the collector reports about the agent itself (set by the Agent)."""
+
+    def __init__(self):
+        self.config_reloads = 0
+        self.config_reload_errors = 0
+        self.labels: tuple[str, ...] = ("namespace", "pod")
+        self.resolver = None
+        self.configured: dict[str, dict] = {}
+        self.info: dict[str, str] = {}
+
+
+class AgentCollector:
+    def __init__(self, manager: ProgramManager, state: AgentState):
+        self.manager = manager
+        self.state = state
+        self.node_addresses = NodeAddresses()
+        self._previous_keys: dict[tuple[int, str], set[bytes]] = {}
+        self._evictions: dict[tuple[str, str], int] = defaultdict(int)
+        self.scrape_errors: dict[str, int] = defaultdict(int)
+
+    # -- registry protocol --------------------------------------------
+    def describe(self):
+        """Names only, so registering never reads kernel maps."""
+        for spec in CATALOGUE.values():
+            for m in spec.metrics:
+                yield self._family(m, [])
+        yield GaugeMetricFamily("netprobe_program_info", "", labels=["program", "attach"])
+
+    def collect(self):
+        started = time.perf_counter()
+        families = []
+        with self.manager.lock:
+            instances = self.manager.running()
+            scope = None
+            if self.state.resolver is not None:
+                scope = LabelScope(self.state.resolver, self.state.labels, self.node_addresses.get())
+            map_stats = []
+            for inst in instances:
+                try:
+                    families += self._program_families(inst, scope, map_stats)
+                except Exception as e:   # one broken program must not break the scrape
+                    self.scrape_errors[inst.name] += 1
+                    log.exception("reading maps failed", extra={"kv": {"program": inst.name, "error": str(e)}})
+            self._forget_stopped(instances)
+        families += self._self_families(instances, map_stats, scope)
+        if self.state.resolver is not None and hasattr(self.state.resolver, "collect"):
+            try:
+                families += list(self.state.resolver.collect())
+            except Exception as e:
+                log.warning("resolver metrics failed", extra={"kv": {"error": str(e)}})
+        duration = GaugeMetricFamily("netprobe_agent_scrape_duration_seconds",
+                                     "Time this agent took to read its maps and build this scrape.")
+        duration.add_metric([], time.perf_counter() - started)
+        families.append(duration)
+        return families
+
+    # -- program metrics -----------------------------------------------
+    def _family(self, m: Metric, label_names: list[str]):
+        if m.kind == "counter":
+            return CounterMetricFamily(m.name, m.help, labels=label_names)
+        if m.kind == "gauge":
+            return GaugeMetricFamily(m.name, m.help, labels=label_names)
+        return HistogramMetricFamily(m.name, m.help, labels=label_names)
+
+    def _program_families(self, inst: ProgramInstance, scope: LabelScope | None, map_stats: list):
+        spec = inst.spec
+        maps: dict[str, list[tuple[bytes, int]]] = {}
+        for info in spec.maps:
+            if info.entries_from_sum_of is None:
+                maps[info.name] = read_map(inst.table(info.name))
+        for m in spec.metrics:
+            if m.map not in maps:
+                maps[m.map] = read_map(inst.table(m.map))
+
+        # map self-metrics: size, fill, evictions (LRU keys we never delete that vanished)
+        for info in spec.maps:
+            if info.entries_from_sum_of is not None:
+                entries = sum(v for _, v in maps[info.entries_from_sum_of])
+            else:
+                entries = len(maps[info.name])
+                if info.lru and any(m.map == info.name for m in spec.metrics):
+                    keys = {k for k, _ in maps[info.name]}
+                    prev = self._previous_keys.get((id(inst), info.name))
+                    if prev is not None:
+                        self._evictions[(spec.name, info.name)] += len(prev - keys)
+                    self._previous_keys[(id(inst), info.name)] = keys
+            map_stats.append((spec.name, info.name, entries, inst.options[info.max_entries_option]))
+
+        families = []
+        if scope is None:
+            return families
+        for m in spec.metrics:
+            label_names = list(self.state.labels) + list(m.extra_labels)
+            family = self._family(m, label_names)
+            if m.kind == "histogram":
+                self._add_histogram(family, m, maps[m.map], scope)
+            else:
+                self._add_scalar(family, m, maps[m.map], scope)
+            families.append(family)
+        return families
+
+    def _extra(self, m: Metric, code: int | None) -> tuple[str, ...]:
+        if not m.code_label:
+            return ()
+        return (m.code_values.get(code, str(code)),)
+
+    def _add_scalar(self, family, m: Metric, entries, scope: LabelScope) -> None:
+        totals: dict[tuple[str, ...], int] = defaultdict(int)
+        for raw, value in entries:
+            key = decode_key(raw, m.key)
+            totals[scope.labels(key.local, key.remote) + self._extra(m, key.code)] += value
+        for labels, value in totals.items():
+            if m.signed:   # per-CPU s64 parts may be read as u64 by some paths
+                value = (value + (1 << 63)) % (1 << 64) - (1 << 63)
+            family.add_metric(list(labels), value)
+
+    def _add_histogram(self, family, m: Metric, entries, scope: LabelScope) -> None:
+        slots: dict[tuple[str, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        sums: dict[tuple[str, ...], int] = defaultdict(int)
+        for raw, value in entries:
+            key = decode_key(raw, m.key)
+            labels = scope.labels(key.local, key.remote) + self._extra(m, key.code)
+            if key.slot == SUM_SLOT:
+                sums[labels] += value
+            else:
+                slots[labels][key.slot] += value
+        first, last = m.bucket_slots
+        for labels, by_slot in slots.items():
+            family.add_metric(list(labels), cumulative_buckets(by_slot, m.unit_seconds, first, last),
+                              sums.get(labels, 0) * m.unit_seconds)
+
+    def _forget_stopped(self, instances) -> None:
+        live = {id(i) for i in instances}
+        for key in [k for k in self._previous_keys if k[0] not in live]:
+            del self._previous_keys[key]
+
+    # -- the agent's own health ------------------------------------------
+    def _self_families(self, instances, map_stats, scope):
+        info = GaugeMetricFamily("netprobe_program_info",
+                                 "1 for each running program, with the attach mode it got.",
+                                 labels=["program", "attach"])
+        for inst in instances:
+            info.add_metric([inst.name, inst.attach or ""], 1)
+        up = GaugeMetricFamily("netprobe_program_up",
+                               "1 if a configured program is loaded and attached, 0 if it failed.",
+                               labels=["program"])
+        running = {i.name for i in instances}
+        for name in self.state.configured:
+            up.add_metric([name], 1 if name in running else 0)
+        errors = CounterMetricFamily("netprobe_program_errors_total",
+                                     "Failed attempts to bring a program up, by stage "
+                                     "(config, compile, load, attach).", labels=["program", "stage"])
+        counted = dict(self.manager.errors)
+        for name in sorted(set(self.state.configured) | {p for p, _ in counted}):
+            for stage in STAGES:
+                errors.add_metric([name, stage], counted.get((name, stage), 0))
+
+        entries = GaugeMetricFamily("netprobe_map_entries", "Entries in a program's BPF map.",
+                                    labels=["program", "map"])
+        capacity = GaugeMetricFamily("netprobe_map_max_entries", "Size of a program's BPF map.",
+                                     labels=["program", "map"])
+        fill = GaugeMetricFamily("netprobe_map_fill_ratio",
+                                 "Entries / size of a program's BPF map; near 1, raise max_entries.",
+                                 labels=["program", "map"])
+        for program, name, n, size in map_stats:
+            entries.add_metric([program, name], n)
+            capacity.add_metric([program, name], size)
+            fill.add_metric([program, name], n / size if size else 0)
+        evictions = CounterMetricFamily(
+            "netprobe_map_evictions_total",
+            "Keys of an LRU map that disappeared between two scrapes (evicted because the map was "
+            "full; their counts are lost). A lower bound.", labels=["program", "map"])
+        for (program, name), n in sorted(self._evictions.items()):
+            evictions.add_metric([program, name], n)
+
+        failures = CounterMetricFamily(
+            "netprobe_map_update_failures_total",
+            "Map updates that failed in the kernel (map full): events that could not be counted.",
+            labels=["program", "map"])
+        discarded = CounterMetricFamily(
+            "netprobe_program_discarded_events_total",
+            "Events a program saw but did not count, by reason.", labels=["program", "reason"])
+        with self.manager.lock:
+            for inst in self.manager.running():
+                if inst.bpf is None:
+                    continue
+                per_slot = inst.table("np_map_errors")
+                for index, map_name in inst.spec.map_error_slots.items():
+                    failures.add_metric([inst.name, map_name], sum(per_slot[per_slot.Key(index)]))
+                for index, reason in inst.spec.discard_slots.items():
+                    discarded.add_metric([inst.name, reason], sum(per_slot[per_slot.Key(index)]))
+
+        scrape_errors = CounterMetricFamily("netprobe_agent_scrape_errors_total",
+                                            "Scrapes in which reading a program's maps failed.",
+                                            labels=["program"])
+        for name, n in sorted(self.scrape_errors.items()):
+            scrape_errors.add_metric([name], n)
+        reloads = CounterMetricFamily("netprobe_agent_config_reloads_total",
+                                      "Changed config files applied without a restart.")
+        reloads.add_metric([], self.state.config_reloads)
+        reload_errors = CounterMetricFamily("netprobe_agent_config_reload_errors_total",
+                                            "Changed config files refused (invalid); the running set was kept.")
+        reload_errors.add_metric([], self.state.config_reload_errors)
+        agent = GaugeMetricFamily("netprobe_agent_info", "The agent's kernel and the headers BCC compiled with.",
+                                  labels=sorted(self.state.info))
+        agent.add_metric([self.state.info[k] for k in sorted(self.state.info)], 1)
+        families = [info, up, errors, entries, capacity, fill, evictions, failures, discarded,
+                    scrape_errors, reloads, reload_errors, agent]
+        if scope is not None:
+            unresolved = GaugeMetricFamily(
+                "netprobe_resolver_unresolved_addresses",
+                "Distinct addresses in this scrape that no pod owns (labelled host or external).",
+                labels=["side"])
+            for side, n in scope.unresolved.items():
+                unresolved.add_metric([side], n)
+            families.append(unresolved)
+        return families

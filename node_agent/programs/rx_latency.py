@@ -1,0 +1,58 @@
+"""rx_latency: time received packets spend in the kernel (bpf/rx_latency.c).
+
+Two attach modes measure two different spans (docs/agent.md): the classic
+kprobe ip_rcv -> ip_rcv_finish, and on kernels without kprobes the tracepoint
+span net:netif_receive_skb -> skb:skb_copy_datagram_iovec.
+"""
+from node_agent.runtime.spec import (Attach, KeyLayout, MapInfo, Metric, Option, ProgramSpec, Strategy,
+                                     max_entries_option)
+
+LATENCY_KEY = KeyLayout(size=40, slot_offset=32)
+
+KPROBE = Strategy("kprobe", (
+    Attach("kprobe", "ip_rcv", "np_ip_rcv"),
+    Attach("kprobe", "ip_rcv_finish", "np_ip_rcv_finish"),
+    Attach("kprobe", "ipv6_rcv", "np_ip_rcv"),
+    Attach("kprobe", "ip6_rcv_finish", "np_ip_rcv_finish"),
+), defines=("NP_ATTACH_KPROBE",))
+
+TRACEPOINT = Strategy("tracepoint", (
+    Attach("tracepoint", "net:netif_receive_skb", "np_netif_receive"),
+    Attach("tracepoint", "skb:skb_copy_datagram_iovec", "np_skb_copy"),
+), defines=("NP_ATTACH_TRACEPOINT",))
+
+
+def _strategies(options: dict) -> tuple[str, ...]:
+    mode = options["attach"]
+    return ("kprobe", "tracepoint") if mode == "auto" else (mode,)
+
+
+SPEC = ProgramSpec(
+    name="rx_latency",
+    source="rx_latency.c",
+    summary="time a received packet spends in the kernel stack (span depends on the attach mode)",
+    options=(
+        Option("attach", str, "auto", "auto (kprobe, else tracepoint) | kprobe | tracepoint",
+               choices=("auto", "kprobe", "tracepoint")),
+        max_entries_option(16384),
+        Option("inflight_entries", int, 16384, "packets timed at once (LRU: the oldest are forgotten)",
+               min=256, max=1 << 20, define="NP_INFLIGHT_ENTRIES"),
+        Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
+               min=1, max=600000, define="NP_MAX_AGE_NS", to_c=lambda ms: f"{ms * 1000000}ULL"),
+    ),
+    strategies=(KPROBE, TRACEPOINT),
+    choose_strategies=_strategies,
+    metrics=(
+        Metric("netprobe_rx_latency_seconds", "histogram",
+               "Time received packets addressed to this pod spent in the kernel, by sender; the "
+               "span measured depends on the attach mode (netprobe_program_info).",
+               map="latency_ns", key=LATENCY_KEY, unit_seconds=1e-9, bucket_slots=(8, 30)),
+    ),
+    maps=(MapInfo("latency_ns"), MapInfo("inflight", max_entries_option="inflight_entries")),
+    map_error_slots={0: "latency_ns", 1: "inflight"},
+    discard_slots={2: "stale"},
+    btf_offsets={
+        "OFF_SKB_HEAD": ("sk_buff", "head"),
+        "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+    },
+)

@@ -1,0 +1,151 @@
+"""One program of the catalogue, compiled, loaded and attached with BCC.
+
+Stages, each reported separately when it fails: config (preparing the
+compile-time constants, e.g. BTF offsets), compile (clang via BCC), load (the
+verifier), attach. Strategies are tried in order; a strategy the kernel
+plainly lacks (no kprobes, missing tracepoint) is skipped when another one
+follows, so a fallback is not an error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from node_agent.kernel.btf import BTFError, kernel_btf
+from node_agent.kernel.features import KernelFeatures
+from node_agent.runtime.spec import ProgramSpec, Strategy
+
+log = logging.getLogger(__name__)
+
+BPF_DIR = Path(os.environ.get("NETPROBE_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+SHARED_HEADER = "netprobe.h"
+
+
+class ProgramError(Exception):
+    def __init__(self, program: str, stage: str, message: str):
+        super().__init__(f"{program}: {stage} failed: {message}")
+        self.program, self.stage, self.message = program, stage, message
+
+
+@contextmanager
+def _captured_stderr():
+    """Collect what libbcc/clang/the verifier print on fd 2, for the error message."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        out: list[str] = []
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode(errors="replace"))
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    kept = [l for l in text.strip().splitlines() if l.strip()]
+    return " | ".join(kept[-lines:])
+
+
+def program_source(spec: ProgramSpec) -> str:
+    """The C text with the shared header inlined: BCC rewrites map calls
+    (map.lookup(...)) only in the main file, not in included headers."""
+    text = (BPF_DIR / spec.source).read_text()
+    shared = (BPF_DIR / SHARED_HEADER).read_text()
+    return text.replace(f'#include "{SHARED_HEADER}"', shared, 1)
+
+
+def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[str]:
+    flags = []
+    for opt in spec.options:
+        if opt.define:
+            flags.append(f"-D{opt.define}={opt.c_literal(options[opt.name])}")
+    flags += [f"-D{d}" for d in strategy.defines]
+    if spec.btf_offsets:
+        btf = kernel_btf()
+        for define, (struct, member) in spec.btf_offsets.items():
+            flags.append(f"-D{define}={btf.offsetof(struct, member)}")
+    return flags
+
+
+class ProgramInstance:
+    def __init__(self, spec: ProgramSpec, options: dict, features: KernelFeatures):
+        self.spec, self.options, self.features = spec, dict(options), features
+        self.bpf = None
+        self.attach: str | None = None
+        self.failures: list[ProgramError] = []   # failed attempts, also of strategies that fell back
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def start(self) -> None:
+        """Load with the first strategy that works; ProgramError if none does."""
+        candidates = self.spec.candidate_strategies(self.options)
+        last_error = None
+        for i, strategy in enumerate(candidates):
+            unmet = self.features.unmet(strategy)
+            if unmet and i < len(candidates) - 1:
+                log.info("strategy skipped", extra={"kv": {"program": self.name, "attach": strategy.name,
+                                                           "reason": "; ".join(unmet)}})
+                continue
+            try:
+                self._start_with(strategy)
+                self.attach = strategy.name
+                return
+            except ProgramError as e:
+                self.failures.append(e)
+                last_error = e
+                log.warning("strategy failed", extra={"kv": {"program": self.name, "attach": strategy.name,
+                                                             "stage": e.stage, "error": e.message}})
+        raise last_error or ProgramError(self.name, "config", "no attach strategy")
+
+    def _start_with(self, strategy: Strategy) -> None:
+        from bcc import BPF  # imported late: doctor and config checks work without it
+
+        try:
+            flags = compile_flags(self.spec, self.options, strategy)
+            text = program_source(self.spec)
+        except (BTFError, OSError) as e:
+            raise ProgramError(self.name, "config", str(e)) from e
+
+        try:
+            with _captured_stderr() as err:
+                bpf = BPF(text=text, cflags=flags)
+        except Exception as e:
+            raise ProgramError(self.name, "compile", f"{e}: {_tail(err[0] if err else '')}") from e
+
+        try:
+            prog_type = {"tracepoint": BPF.TRACEPOINT, "kprobe": BPF.KPROBE}
+            try:
+                with _captured_stderr() as err:
+                    for a in strategy.attachments:
+                        bpf.load_func(a.fn, prog_type[a.kind])
+            except Exception as e:
+                raise ProgramError(self.name, "load", f"{e}: {_tail(err[0] if err else '')}") from e
+            for a in strategy.attachments:
+                try:
+                    with _captured_stderr() as err:
+                        if a.kind == "tracepoint":
+                            bpf.attach_tracepoint(tp=a.target, fn_name=a.fn)
+                        else:
+                            bpf.attach_kprobe(event=a.target, fn_name=a.fn)
+                except Exception as e:
+                    raise ProgramError(self.name, "attach",
+                                       f"{a.kind} {a.target}: {e} {_tail(err[0] if err else '', 3)}".strip()) from e
+        except ProgramError:
+            bpf.cleanup()   # detach what did attach
+            raise
+        self.bpf = bpf
+
+    def table(self, name: str):
+        return self.bpf[name]
+
+    def stop(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()   # detaches every probe and closes program and map fds
+            self.bpf = None

@@ -1,0 +1,167 @@
+"""How a program describes itself: options, attach strategies, maps, metrics.
+
+A program of the catalogue is bpf/<name>.c plus a module
+node_agent/programs/<name>.py holding one ProgramSpec. The spec says which
+options the config may set (typed, bounded, reaching the C code as -D
+constants), which ways of attaching it has (tried in order), which kernel
+struct offsets it needs from BTF, and how its maps become metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: type                      # int | str | bool | float
+    default: Any
+    help: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    define: str | None = None       # C macro that receives the value
+    to_c: Callable[[Any], str] | None = None   # value -> C literal (default: str)
+
+    def validate(self, value: Any, where: str) -> Any:
+        """The checked value, or ValueError naming `where`."""
+        t = self.type
+        if t is bool:
+            ok = isinstance(value, bool)
+        elif t is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, t)
+        if not ok:
+            raise ValueError(f"{where}: expected {t.__name__}, got {type(value).__name__} {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{where}: must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.min is not None and value < self.min:
+            raise ValueError(f"{where}: must be >= {self.min}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"{where}: must be <= {self.max}, got {value!r}")
+        return value
+
+    def c_literal(self, value: Any) -> str:
+        return self.to_c(value) if self.to_c else str(int(value) if isinstance(value, bool) else value)
+
+
+def max_entries_option(default: int) -> Option:
+    """Every program has it: the size of its maps (one entry per label key)."""
+    return Option("max_entries", int, default, "entries of each of the program's maps",
+                  min=64, max=1 << 20, define="NP_MAX_ENTRIES")
+
+
+# ---------------------------------------------------------------- attaching
+
+
+@dataclass(frozen=True)
+class Attach:
+    kind: str        # "tracepoint" | "kprobe"
+    target: str      # "category:event" or a kernel function name
+    fn: str          # the C function to attach
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to attach the program; its name is the `attach` label."""
+    name: str
+    attachments: tuple[Attach, ...]
+    defines: tuple[str, ...] = ()   # extra -D flags selecting this variant's code
+
+    @property
+    def tracepoints(self) -> list[str]:
+        return [a.target for a in self.attachments if a.kind == "tracepoint"]
+
+    @property
+    def kprobe_functions(self) -> list[str]:
+        return [a.target for a in self.attachments if a.kind == "kprobe"]
+
+
+# ---------------------------------------------------------------- maps -> metrics
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Bytes of a map key: local and remote address first (np_addr_pair)."""
+    size: int
+    code_offset: int | None = None      # a u8 enum (e.g. direction) at this offset
+    slot_offset: int | None = None      # u32 log2 slot of a histogram key
+
+
+PAIR_KEY = KeyLayout(size=32)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str                      # "counter" | "gauge" | "histogram"
+    help: str
+    map: str
+    key: KeyLayout
+    code_label: str | None = None              # label taken from the key's enum byte
+    code_values: dict[int, str] = field(default_factory=dict)
+    unit_seconds: float = 1.0                  # histogram value unit (1e-6: microseconds)
+    bucket_slots: tuple[int, int] = (0, 0)     # histogram: first and last slot exported
+    signed: bool = False                       # gauge values are s64
+
+    @property
+    def extra_labels(self) -> tuple[str, ...]:
+        return (self.code_label,) if self.code_label else ()
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """A map that counts toward netprobe_map_* self-metrics."""
+    name: str
+    max_entries_option: str = "max_entries"
+    # How to know its size without walking it: name of a gauge map whose
+    # values sum to the entry count (e.g. tracked sockets = sum of active).
+    entries_from_sum_of: str | None = None
+    lru: bool = True
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    name: str
+    source: str                                # file in bpf/
+    summary: str
+    options: tuple[Option, ...]
+    strategies: tuple[Strategy, ...]
+    metrics: tuple[Metric, ...]
+    maps: tuple[MapInfo, ...] = ()
+    # np_map_errors index -> map whose update failed
+    map_error_slots: dict[int, str] = field(default_factory=dict)
+    # np_map_errors index -> reason an event was discarded (not a map failure)
+    discard_slots: dict[int, str] = field(default_factory=dict)
+    # -D name -> (struct, member path): offsets read from the kernel's BTF
+    btf_offsets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Which strategies to try given the options (default: all, in order).
+    choose_strategies: Callable[[dict], tuple[str, ...] | None] | None = None
+
+    def option(self, name: str) -> Option:
+        for o in self.options:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def defaults(self) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options}
+
+    def strategy(self, name: str) -> Strategy:
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def candidate_strategies(self, options: dict) -> tuple[Strategy, ...]:
+        names = self.choose_strategies(options) if self.choose_strategies else None
+        if names is None:
+            return self.strategies
+        return tuple(self.strategy(n) for n in names)

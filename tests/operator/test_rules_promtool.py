@@ -1,0 +1,141 @@
+"""The rendered PrometheusRule, checked and exercised by Prometheus' own promtool."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+import promql_names
+from netprobe_operator import agent_support
+
+PROMTOOL = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run `make setup` "
+                                "(Debian's prometheus package)")
+
+ALL = [{"name": n} for n in ("rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt")]
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def write_rules(tmp_path: Path, rendered) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rendered.one("PrometheusRule")["spec"]["groups"]}))
+    return path
+
+
+def test_promtool_accepts_the_rules(render_probe, tmp_path):
+    path = write_rules(tmp_path, render_probe({"programs": ALL}))
+    result = promtool("check", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 4 rules found" in result.stdout
+
+
+def test_rules_name_only_exported_metrics(render_probe):
+    exported = agent_support.exported_series_names()
+    rule = render_probe({"programs": ALL}).one("PrometheusRule")
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            names = promql_names.series_names(r["expr"])
+            assert names and names <= exported, (r["alert"], names - exported)
+
+
+RETRANSMIT_DESCRIPTION = (
+    "Pod {ns}/{pod} has retransmitted more than {thr} TCP segments per second for 10m: "
+    "packet loss or congestion on its path (the dashboard shows which peers).")
+
+
+def retransmit_alert(ns: str, pod: str, value: str, thr: str) -> dict:
+    return {
+        "exp_labels": {"severity": "warning", "namespace": ns, "pod": pod},
+        "exp_annotations": {
+            "summary": f"Pod {ns}/{pod} retransmits {value} TCP segments/s",
+            "description": RETRANSMIT_DESCRIPTION.format(ns=ns, pod=pod, thr=thr),
+        },
+    }
+
+
+def run_unit_tests(tmp_path: Path, rules: Path, tests: list[dict], series: list[dict]) -> subprocess.CompletedProcess:
+    doc = {"rule_files": [rules.name], "evaluation_interval": "1m",
+           "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": tests}]}
+    path = tmp_path / "tests.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return promtool("test", "rules", path.name, cwd=tmp_path)
+
+
+def retransmit_series(job: str) -> list[dict]:
+    # cart-1 retransmits 3 segments/s (180 per minute), cart-2 0.5/s (30 per minute),
+    # both split over two peers to show the alert sums per pod.
+    return [
+        {"series": f'netprobe_tcp_retransmits_total{{job="{job}",namespace="shop",pod="cart-1",peer_namespace="pay"}}',
+         "values": "0+120x40"},
+        {"series": f'netprobe_tcp_retransmits_total{{job="{job}",namespace="shop",pod="cart-1",peer_namespace="db"}}',
+         "values": "0+60x40"},
+        {"series": f'netprobe_tcp_retransmits_total{{job="{job}",namespace="shop",pod="cart-2",peer_namespace="pay"}}',
+         "values": "0+30x40"},
+        # another probe's agents: never this probe's alert
+        {"series": 'netprobe_tcp_retransmits_total{job="netprobe-other",namespace="shop",pod="cart-3"}',
+         "values": "0+600x40"},
+    ]
+
+
+def test_retransmit_alert_fires_above_the_threshold_only(render_probe, tmp_path):
+    rules = write_rules(tmp_path, render_probe({"programs": ALL}))  # default: 1 segment/s
+    alert = "NetprobeHighTcpRetransmitRate"
+    tests = [
+        # pending (for: 10m) but not firing yet
+        {"eval_time": "8m", "alertname": alert, "exp_alerts": []},
+        # firing for cart-1 (3/s > 1/s), not for cart-2 (0.5/s) nor another probe's pod
+        {"eval_time": "20m", "alertname": alert, "exp_alerts": [retransmit_alert("shop", "cart-1", "3", "1")]},
+    ]
+    result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_retransmit_threshold_comes_from_the_spec(render_probe, tmp_path):
+    rules = write_rules(tmp_path, render_probe({
+        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitsPerSecond": 0.25}}}))
+    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": [
+        retransmit_alert("shop", "cart-1", "3", "0.25"), retransmit_alert("shop", "cart-2", "500m", "0.25")]}]
+    result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rules = write_rules(tmp_path, render_probe({
+        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitsPerSecond": 5}}}))
+    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": []}]
+    result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_agent_down_and_program_failure_alerts(render_probe, tmp_path):
+    rules = write_rules(tmp_path, render_probe({"programs": ALL}))
+    series = [
+        {"series": 'up{job="netprobe-demo",node="n1",instance="192.0.2.1:9435"}', "values": "1x5 0x15"},
+        {"series": 'up{job="netprobe-demo",node="n2",instance="192.0.2.2:9435"}', "values": "1x20"},
+        {"series": 'netprobe_program_errors_total{job="netprobe-demo",node="n2",program="rx_latency",stage="attach"}',
+         "values": "0x5 1x15"},
+    ]
+    tests = [
+        {"eval_time": "15m", "alertname": "NetprobeAgentDown", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "job": "netprobe-demo", "node": "n1", "instance": "192.0.2.1:9435"},
+            "exp_annotations": {
+                "summary": "netprobe agent on n1 is not being scraped",
+                "description": "Prometheus cannot scrape the netprobe agent of NetworkProbe demo on node n1 "
+                               "(192.0.2.1:9435) for 5 minutes: no network metrics from that node."}}]},
+        {"eval_time": "8m", "alertname": "NetprobeProgramLoadFailed", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "n2", "program": "rx_latency", "stage": "attach"},
+            "exp_annotations": {
+                "summary": "netprobe program rx_latency fails at attach on n2",
+                "description": "A kernel program of NetworkProbe demo failed at stage attach on node n2; its "
+                               "metrics are missing there. The agent log says why (kernel feature, headers, verifier)."}}]},
+        # ten minutes after the last error the alert resolves by itself
+        {"eval_time": "19m", "alertname": "NetprobeProgramLoadFailed", "exp_alerts": []},
+    ]
+    result = run_unit_tests(tmp_path, rules, tests, series)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,202 @@
+"""Logic of the agent without the kernel: bucket math, key decoding, config
+validation, the static resolver file, label resolution."""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+
+from node_agent.config import ConfigError, parse_config
+from node_agent.metrics.histogram import SUM_SLOT, bucket_bounds, cumulative_buckets, log2_slot
+from node_agent.metrics.keys import decode_key
+from node_agent.metrics.labels import LabelScope
+from node_agent.programs import CATALOGUE
+from node_agent.programs.tcp_connections import DURATION_KEY
+from node_agent.resolver.base import PodRef, Resolver
+from node_agent.resolver.static import StaticFileError, parse_static_file
+
+BASE = "resolver: {static: {file: /tmp/pods.yaml}}\n"
+
+
+# ---------------------------------------------------------------- histogram math
+
+@pytest.mark.parametrize("value,slot", [
+    (0, 0), (1, 0), (2, 1), (3, 2), (4, 2), (5, 3), (8, 3), (9, 4),
+    (1023, 10), (1024, 10), (1025, 11), (2**40, 40), (2**40 + 1, 41), (2**64 - 1, 63),
+])
+def test_log2_slot_is_the_smallest_power_of_two_at_or_above(value, slot):
+    assert log2_slot(value) == slot
+
+
+def test_every_value_lands_in_the_first_bucket_whose_bound_holds_it():
+    """le = 2^s * unit must contain exactly the values <= 2^s (the off-by-one
+    that bit ebpf_exporter: a value equal to a bound belongs to that bucket)."""
+    unit = 1e-6
+    for v in list(range(0, 300)) + [2**k + d for k in range(9, 20) for d in (-1, 0, 1)]:
+        slots = {log2_slot(v): 1}
+        buckets = cumulative_buckets(slots, unit, 0, 22)
+        for (le, count), bound in zip(buckets, bucket_bounds(unit, 0, 22)):
+            assert count == (1 if v * unit <= bound + 1e-15 else 0), (v, le)
+        assert buckets[-1] == ("+Inf", 1)
+
+
+def test_cumulative_buckets_fold_low_slots_into_the_first_and_high_ones_into_inf():
+    slots = {0: 2, 3: 5, 4: 1, 9: 7, 40: 3}
+    buckets = cumulative_buckets(slots, 1e-9, 3, 8)
+    assert [c for _, c in buckets] == [7, 8, 8, 8, 8, 8, 18]
+    assert buckets[0][0] == "8e-09" and buckets[-2][0] == "2.56e-07" and buckets[-1][0] == "+Inf"
+
+
+def test_bucket_bounds_are_powers_of_two_in_seconds():
+    assert bucket_bounds(1e-6, 2, 4) == [4e-6, 8e-6, 16e-6]
+
+
+# ---------------------------------------------------------------- key decoding
+
+def test_duration_key_decodes_addresses_direction_and_slot():
+    local = ipaddress.IPv6Address("::ffff:10.77.3.2").packed
+    remote = ipaddress.IPv6Address("fd77:3::3").packed
+    raw = local + remote + bytes([2]) + bytes(7) + (13).to_bytes(4, "little") + bytes(4)
+    key = decode_key(raw, DURATION_KEY)
+    assert (key.local, key.remote, key.code, key.slot) == (local, remote, 2, 13)
+    sum_key = decode_key(raw[:40] + SUM_SLOT.to_bytes(4, "little") + bytes(4), DURATION_KEY)
+    assert sum_key.slot == SUM_SLOT
+
+
+def test_key_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError):
+        decode_key(bytes(40), DURATION_KEY)
+
+
+# ---------------------------------------------------------------- labels
+
+class DictResolver(Resolver):
+    def __init__(self, pods):
+        self.pods = {ipaddress.ip_address(k): v for k, v in pods.items()}
+        self.calls = 0
+
+    def lookup(self, ip):
+        self.calls += 1
+        return self.pods.get(ip)
+
+
+def test_label_scope_names_pods_host_and_external_and_caches():
+    r = DictResolver({"10.0.0.2": PodRef("shop", "cart-7", "cart"), "10.0.0.3": PodRef("pay", "api-2")})
+    scope = LabelScope(r, ("namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload"),
+                       frozenset({ipaddress.ip_address("192.168.1.1")}))
+    v4 = lambda a: ipaddress.IPv6Address(f"::ffff:{a}").packed
+    assert scope.labels(v4("10.0.0.2"), v4("10.0.0.3")) == ("shop", "cart-7", "cart", "pay", "api-2", "api-2")
+    assert scope.labels(v4("10.9.9.9"), v4("192.168.1.1")) == ("host",) * 6
+    assert scope.labels(v4("10.0.0.3"), v4("8.8.8.8"))[3:] == ("external",) * 3
+    calls = r.calls
+    scope.labels(v4("10.0.0.2"), v4("10.0.0.3"))
+    assert r.calls == calls                        # cached within the scrape
+    assert scope.unresolved == {"local": 1, "remote": 2}
+
+
+def test_label_scope_keeps_only_the_configured_labels():
+    r = DictResolver({"fd77::2": PodRef("shop", "cart-7", "cart")})
+    scope = LabelScope(r, ("namespace", "pod", "peer_pod"), frozenset())
+    assert scope.labels(ipaddress.ip_address("fd77::2").packed,
+                        ipaddress.ip_address("2001:db8::1").packed) == ("shop", "cart-7", "external")
+
+
+# ---------------------------------------------------------------- config
+
+def test_the_documented_example_is_valid():
+    import pathlib
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "agent-config.md").read_text()
+    example = doc.split("```yaml", 1)[1].split("```", 1)[0]
+    config = parse_config(example)
+    assert set(config.programs) == set(CATALOGUE)
+    assert config.programs["tcp_connections"]["max_entries"] == 16384
+    assert config.programs["rx_latency"]["attach"] == "auto"
+
+
+def test_defaults_fill_every_option():
+    config = parse_config(BASE + "programs: {rx_latency: {}, tcp_rtt: null}")
+    assert config.programs["rx_latency"] == CATALOGUE["rx_latency"].defaults()
+    assert config.labels == ("namespace", "pod")
+    assert config.listen == "0.0.0.0:9435"
+
+
+@pytest.mark.parametrize("text,field", [
+    ("programs: {dns_magic: {}}", "programs.dns_magic"),
+    ("programs: {tcp_rtt: {max_entries: lots}}", "programs.tcp_rtt.max_entries"),
+    ("programs: {tcp_rtt: {max_entries: true}}", "programs.tcp_rtt.max_entries"),
+    ("programs: {tcp_rtt: {max_entries: 10}}", "programs.tcp_rtt.max_entries"),
+    ("programs: {tcp_rtt: {max_entries: 99999999}}", "programs.tcp_rtt.max_entries"),
+    ("programs: {tcp_rtt: {colour: red}}", "programs.tcp_rtt.colour"),
+    ("programs: {rx_latency: {attach: fentry}}", "programs.rx_latency.attach"),
+    ("programs: [tcp_rtt]", "programs"),
+    ("labels: [namespace, pod, peer_ip]", "labels[2]"),
+    ("labels: pod", "labels"),
+    ("listen: 9435", "listen"),
+    ("listen: 'localhost'", "listen"),
+    ("log_level: loud", "log_level"),
+    ("extra: 1", "extra"),
+])
+def test_bad_config_names_the_field(text, field):
+    with pytest.raises(ConfigError) as e:
+        parse_config(BASE + text)
+    assert e.value.field == field
+    assert str(e.value).startswith(field + ":")
+
+
+@pytest.mark.parametrize("text,field", [
+    ("resolver: {}", "resolver"),
+    ("resolver: {static: {file: a}, kubernetes: {}}", "resolver"),
+    ("resolver: {static: {}}", "resolver.static.file"),
+    ("resolver: {dns: {}}", "resolver.dns"),
+    ("resolver: {kubernetes: {peers: galaxy}}", "resolver.kubernetes.peers"),
+    ("resolver: {kubernetes: {deleted_pod_grace_seconds: -1}}", "resolver.kubernetes.deleted_pod_grace_seconds"),
+    ("programs: {}", "resolver"),
+])
+def test_bad_resolver_config_names_the_field(text, field):
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    assert e.value.field == field
+
+
+def test_kubernetes_resolver_section_validates():
+    config = parse_config("resolver: {kubernetes: {peers: node, deleted_pod_grace_seconds: 5}}")
+    assert (config.resolver.peers, config.resolver.deleted_pod_grace_seconds) == ("node", 5.0)
+
+
+@pytest.mark.parametrize("text,field", [
+    ("programs: {nope: {}}", "programs.nope"),
+    ("programs: {tcp_rtt: {max_entries: abc}}", "programs.tcp_rtt.max_entries"),
+    ("labels: [namespace, pod, peer_ip]", "labels[2]"),
+])
+def test_agent_refuses_a_bad_config_at_start(tmp_path, text, field):
+    path = tmp_path / "agent.yaml"
+    path.write_text(BASE + text)
+    proc = subprocess.run([sys.executable, "-m", "node_agent.cli", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert field in proc.stderr
+
+
+# ---------------------------------------------------------------- static resolver file
+
+def test_static_file_maps_every_address_of_a_pod():
+    pods = parse_static_file("pods:\n  - {namespace: shop, pod: cart-7, workload: cart, ips: [10.77.0.2, 'fd77::2']}\n"
+                             "  - {namespace: payments, pod: api-2, ips: ['::ffff:10.77.0.3']}\n")
+    assert pods[ipaddress.ip_address("10.77.0.2")] == PodRef("shop", "cart-7", "cart")
+    assert pods[ipaddress.ip_address("fd77::2")] == PodRef("shop", "cart-7", "cart")
+    assert pods[ipaddress.ip_address("10.77.0.3")] == PodRef("payments", "api-2", "")   # v4-mapped collapsed
+
+
+@pytest.mark.parametrize("text,where", [
+    ("pods: [{namespace: a, pod: b}]", "pods[0].ips"),
+    ("pods: [{namespace: a, pod: b, ips: [300.1.1.1]}]", "pods[0].ips[0]"),
+    ("pods: [{namespace: a, pod: b, ips: [], colour: red}]", "pods[0].colour"),
+    ("pods: [{namespace: a, pod: b, ips: [10.0.0.1]}, {namespace: c, pod: d, ips: [10.0.0.1]}]", "pods[1].ips[0]"),
+    ("nodes: []", "single field"),
+])
+def test_static_file_errors_say_where(text, where):
+    with pytest.raises(StaticFileError) as e:
+        parse_static_file(text)
+    assert where in str(e.value)

@@ -41,6 +41,8 @@ def read_map(table) -> list[tuple[bytes, int]]:
             total = sum(v)
         else:
             total = v.value
+        if isinstance(k, int):        # scalar keys come back as Python ints
+            k = table.Key(k)
         out.append((bytes(k), total))
     return out
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from node_agent.kernel.btf import BTFError, kernel_btf
 from node_agent.kernel.features import KernelFeatures
+from node_agent.kernel.headers import HeadersNotFound
 from node_agent.runtime.spec import ProgramSpec, Strategy
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class ProgramInstance:
     def _start_with(self, strategy: Strategy) -> None:
         from bcc import BPF  # imported late: doctor and config checks work without it
 
+        headers = self.features.headers   # finding them also points BCC_KERNEL_SOURCE at them
+        if isinstance(headers, HeadersNotFound):
+            raise ProgramError(self.name, "config", str(headers))
         try:
             flags = compile_flags(self.spec, self.options, strategy)
             text = program_source(self.spec)

@@ -41,6 +41,10 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.posting.level = logging.WARNING  # only problems become k8s Events
+    # No namespace/CRD scanning: the operator serves one exact namespace and
+    # watches the monitoring CRDs itself, so it needs no cluster-wide
+    # namespace listing (least privilege).
+    settings.scanning.disabled = True
     settings.execution.max_workers = 4
     reconciler()
     logger.info("netprobe operator: namespace %s, default agent image %s",

@@ -119,7 +119,7 @@ class ProgramInstance:
 
         try:
             with _captured_stderr() as err:
-                bpf = BPF(text=text, cflags=flags)
+                bpf = BPF(text=text.encode(), cflags=flags)
         except Exception as e:
             raise ProgramError(self.name, "compile", f"{e}: {_tail(err[0] if err else '')}") from e
 
@@ -128,16 +128,16 @@ class ProgramInstance:
             try:
                 with _captured_stderr() as err:
                     for a in strategy.attachments:
-                        bpf.load_func(a.fn, prog_type[a.kind])
+                        bpf.load_func(a.fn.encode(), prog_type[a.kind])
             except Exception as e:
                 raise ProgramError(self.name, "load", f"{e}: {_tail(err[0] if err else '')}") from e
             for a in strategy.attachments:
                 try:
                     with _captured_stderr() as err:
                         if a.kind == "tracepoint":
-                            bpf.attach_tracepoint(tp=a.target, fn_name=a.fn)
+                            bpf.attach_tracepoint(tp=a.target.encode(), fn_name=a.fn.encode())
                         else:
-                            bpf.attach_kprobe(event=a.target, fn_name=a.fn)
+                            bpf.attach_kprobe(event=a.target.encode(), fn_name=a.fn.encode())
                 except Exception as e:
                     raise ProgramError(self.name, "attach",
                                        f"{a.kind} {a.target}: {e} {_tail(err[0] if err else '', 3)}".strip()) from e
@@ -147,7 +147,7 @@ class ProgramInstance:
         self.bpf = bpf
 
     def table(self, name: str):
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
     def stop(self) -> None:
         if self.bpf is not None:

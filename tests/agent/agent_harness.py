@@ -106,13 +106,20 @@ class AgentProcess:
 
 
 def bpf_objects_of(pid: int) -> dict[str, set[int]]:
-    """Ids of BPF programs and maps a process holds (bpftool's pid iterator)."""
+    """Ids of the BPF programs and maps a process holds open, from the
+    kernel's own fdinfo (prog_id: / map_id: lines)."""
     held = {"prog": set(), "map": set()}
-    for kind in held:
-        out = subprocess.run(["bpftool", "-j", kind, "show"], capture_output=True, text=True, check=True).stdout
-        for obj in json.loads(out or "[]"):
-            if any(p.get("pid") == pid for p in obj.get("pids", [])):
-                held[kind].add(obj["id"])
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for entry in fdinfo.iterdir():
+        try:
+            text = entry.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("prog_id:"):
+                held["prog"].add(int(line.split()[1]))
+            elif line.startswith("map_id:"):
+                held["map"].add(int(line.split()[1]))
     return held
 
 

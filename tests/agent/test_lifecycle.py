@@ -1,0 +1,153 @@
+"""The agent as a process: one failing program does not stop the others,
+strategies fall back, the config hot-reloads (and refuses bad changes),
+shutdown leaves nothing in the kernel, and it runs without CAP_SYS_ADMIN."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from agent_harness import ALL_PROGRAMS, AgentProcess, bpf_ids, bpf_objects_of, need_root
+from netprobe_testbed.netns import Lab, wait_until
+from node_agent.kernel.features import CAPABILITY_NAMES, KernelFeatures, effective_capabilities
+
+pytestmark = pytest.mark.kernel
+
+NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api")}
+OUT_AB = {"namespace": "shop", "pod": "cart-7", "peer_pod": "api-2", "direction": "outbound"}
+IN_BA = {"namespace": "payments", "pod": "api-2", "peer_pod": "cart-7", "direction": "inbound"}
+# What the DaemonSet grants (docs/agent.md); everything else is dropped.
+DAEMONSET_CAPS = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
+
+
+@pytest.fixture(scope="module")
+def lab():
+    need_root()
+    with Lab(list(NAMES)) as lab:
+        yield lab
+
+
+@pytest.fixture
+def pods_file(lab, tmp_path):
+    return lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+
+
+def opened(agent, labels) -> float:
+    return agent.scrape().value("netprobe_tcp_connections_opened_total", **labels)
+
+
+def assert_counts_connections(lab, agent, port: int, n: int = 10) -> None:
+    lab.serve_tcp("b", port)
+    before = (opened(agent, OUT_AB), opened(agent, IN_BA))
+    assert lab.connect_many("a", lab.pods["b"].ip4, port, n) == n
+    assert (opened(agent, OUT_AB) - before[0], opened(agent, IN_BA) - before[1]) == (n, n)
+
+
+def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, agent_factory):
+    if KernelFeatures().kprobes:
+        pytest.skip("this kernel has kprobes, so forcing rx_latency onto them would succeed")
+    agent = agent_factory({"tcp_connections": {}, "rx_latency": {"attach": "kprobe"}}, pods_file).start()
+    s = agent.scrape()
+    assert s.value("netprobe_program_up", program="rx_latency") == 0
+    assert s.value("netprobe_program_up", program="tcp_connections") == 1
+    assert s.value("netprobe_program_errors_total", program="rx_latency", stage="attach") == 1
+    assert s.value("netprobe_program_errors_total", program="tcp_connections") == 0
+    assert [x.labels for x in s.all("netprobe_program_info")] == [{"program": "tcp_connections",
+                                                                   "attach": "tracepoint"}]
+    assert_counts_connections(lab, agent, 7101)
+    assert "stage=attach" in agent.log_path.read_text()
+
+
+def test_a_failed_strategy_falls_back_to_the_next(lab):
+    """Pretend the kernel has kprobes: the kprobe attach then really fails in
+    this kernel, and rx_latency must come up on its tracepoints anyway, with
+    the failed attempt counted."""
+    from node_agent.programs import CATALOGUE
+    from node_agent.runtime.instance import ProgramInstance
+
+    class KprobesClaimed(KernelFeatures):
+        def unmet(self, strategy):
+            return []
+
+    spec = CATALOGUE["rx_latency"]
+    inst = ProgramInstance(spec, spec.defaults(), KprobesClaimed())
+    try:
+        inst.start()
+        assert inst.attach == "tracepoint"
+        if not KernelFeatures().kprobes:
+            assert [(f.stage, f.program) for f in inst.failures] == [("attach", "rx_latency")]
+            assert "kprobe ip_rcv" in inst.failures[0].message
+    finally:
+        inst.stop()
+
+
+def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_file, agent_factory):
+    agent = agent_factory({"tcp_retransmit": {}}, pods_file).start()
+    retransmit_progs = bpf_objects_of(agent.proc.pid)["prog"]
+    assert len(retransmit_progs) == 1
+
+    agent.write_config({"tcp_retransmit": {}, "tcp_connections": {}})
+    wait_until(lambda: agent.scrape().value("netprobe_program_up", program="tcp_connections") == 1,
+               timeout=60, what="tcp_connections added")
+    assert retransmit_progs <= bpf_objects_of(agent.proc.pid)["prog"], "tcp_retransmit was reloaded"
+    assert agent.scrape().value("netprobe_agent_config_reloads_total") == 1
+    assert_counts_connections(lab, agent, 7102)
+
+    # An invalid file: refused whole, logged, counted; the running set stays.
+    held = bpf_objects_of(agent.proc.pid)["prog"]
+    agent.write_config(text=agent.config_text({"tcp_retransmit": {}, "no_such_program": {}}))
+    wait_until(lambda: agent.scrape().value("netprobe_agent_config_reload_errors_total") == 1,
+               timeout=30, what="reload error counted")
+    assert bpf_objects_of(agent.proc.pid)["prog"] == held
+    s = agent.scrape()
+    assert {x.labels["program"] for x in s.all("netprobe_program_info")} == {"tcp_retransmit", "tcp_connections"}
+    assert "programs.no_such_program" in agent.log_path.read_text()
+
+    # Options changed: that program alone is reloaded (new maps, new size).
+    agent.write_config({"tcp_retransmit": {}, "tcp_connections": {"max_entries": 4096}})
+    wait_until(lambda: agent.scrape().value("netprobe_map_max_entries", program="tcp_connections",
+                                            map="opened") == 4096, timeout=60, what="options applied")
+    assert retransmit_progs <= bpf_objects_of(agent.proc.pid)["prog"]
+    connection_progs = bpf_objects_of(agent.proc.pid)["prog"] - retransmit_progs
+    assert len(connection_progs) == 3
+
+    # Removed: detached, gone from the kernel.
+    agent.write_config({"tcp_retransmit": {}})
+    wait_until(lambda: not agent.scrape().all("netprobe_program_info", program="tcp_connections"),
+               timeout=30, what="tcp_connections removed")
+    assert not connection_progs & bpf_ids()["prog"]
+    assert agent.scrape().value("netprobe_agent_config_reloads_total") == 3
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_leaves_nothing_in_the_kernel(lab, pods_file, agent_factory, sig):
+    pinned_before = sorted(p.name for p in __import__("pathlib").Path("/sys/fs/bpf").iterdir())
+    agent = agent_factory(ALL_PROGRAMS, pods_file).start()
+    held = bpf_objects_of(agent.proc.pid)
+    assert len(held["prog"]) == 7 and held["map"], held       # 1 + 3 + 1 + 2 programs
+    agent.proc.send_signal(sig)
+    assert agent.proc.wait(timeout=60) == 0
+    left = bpf_ids()
+    assert not held["prog"] & left["prog"], "programs left loaded"
+    assert not held["map"] & left["map"], "maps left behind"
+    assert sorted(p.name for p in __import__("pathlib").Path("/sys/fs/bpf").iterdir()) == pinned_before
+    assert "all programs detached" in agent.log_path.read_text()
+
+
+def test_runs_with_only_the_daemonset_capabilities(lab, pods_file, tmp_path):
+    keep = [c for c in DAEMONSET_CAPS if c in effective_capabilities()]
+    drop = ",".join(f"cap_{c.lower()}" for c in CAPABILITY_NAMES if c not in DAEMONSET_CAPS)
+    agent = AgentProcess(tmp_path, ALL_PROGRAMS, pods_file, prefix=["capsh", f"--drop={drop}", "--", "-c",
+                                                                    'exec "$0" "$@"'])
+    try:
+        agent.start()
+        status = open(f"/proc/{agent.proc.pid}/status").read()
+        cap_eff = int(next(l for l in status.splitlines() if l.startswith("CapEff:")).split()[1], 16)
+        held = {name for bit, name in enumerate(CAPABILITY_NAMES) if cap_eff >> bit & 1}
+        assert held == set(keep) and "SYS_ADMIN" not in held
+        s = agent.scrape()
+        assert s.value("netprobe_program_up") == 4, agent.log_path.read_text()[-2000:]
+        assert_counts_connections(lab, agent, 7103)
+    finally:
+        assert agent.stop() == 0

@@ -639,7 +639,7 @@ class PodWatch:
         self._backoff.reset()
         if self.stale:
             self.stale = False
-            log.warning("pod watch %s: API server reachable again", self.name)
+            log.info("pod watch %s: API server reachable again", self.name)
 
     def _mark_synced(self) -> None:
         self.last_sync_time = time.time()

@@ -22,6 +22,7 @@ its histograms (`histogram_quantile`, `summarize`) are also used by bench/.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import math
 import os
@@ -116,7 +117,7 @@ def start_traffic(lab: Lab, streams=TRAFFIC) -> None:
         lab.pods[stream.src].popen(
             [sys.executable, "-c", _TRAFFIC_LOOP, ip, ECHO_PORT, stream.payload, stream.batch, stream.pause],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # a terminal Ctrl-C reaches the demo only; it stops these in order
+            start_new_session=True, preexec_fn=_die_with_parent)
 
 
 # --- the agent -------------------------------------------------------------------
@@ -169,7 +170,8 @@ class AgentProcess:
         # Its own session: a terminal Ctrl-C goes to the caller, who stops the agent last.
         self.proc = subprocess.Popen([*agent_command(), "--config", str(self.config)],
                                      stdin=subprocess.DEVNULL, stdout=self._log_fd,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float = 300, progress=None, every: float = 5.0) -> float:
         """Poll /readyz until 200; returns the seconds it took. `progress(elapsed)` every `every` s."""
@@ -392,7 +394,26 @@ def _raise_stopped(signum, _frame):
 
 
 def say(msg: str) -> None:
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        # Nobody reads any more (e.g. piped into `head`): stop as on Ctrl-C,
+        # with stdout sent to /dev/null so that the clean-up can still talk.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        raise Stopped("stdout closed") from None
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the demo dies, even by SIGKILL.
+
+    The agent and the traffic run in their own sessions (a terminal Ctrl-C
+    must reach the demo only, which stops them in order), so without this a
+    killed demo would leave them running.
+    """
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run(duration: float, listen: str, refresh: float) -> int:
@@ -481,22 +502,33 @@ def _summary_loop(agent: AgentProcess, duration: float, refresh: float) -> None:
 
 
 def _cleanup(lab: Lab, agent: AgentProcess | None, workdir: Path) -> None:
-    say("cleaning up: traffic, agent, lab, temporary files")
+    """Remove all the demo made; every step runs even if one before it failed."""
+    def note(msg: str, err: bool = False) -> None:
+        try:
+            print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+        except OSError:
+            pass
+
+    note("cleaning up: traffic, agent, lab, temporary files")
     # Traffic first, so the agent's last moments are quiet; the agent before the
     # lab, so nothing it attached outlives the interfaces.
     for pod in lab.pods.values():
         for proc in pod.processes:
             if proc.poll() is None:
                 proc.kill()
-    if agent is not None and agent.proc is not None:
-        was_running = agent.proc.poll() is None  # if not, its failure was reported already
-        code = agent.stop()
-        if was_running and code not in (0, -signal.SIGTERM):
-            print(f"netprobe demo: the agent exited with code {code}; last lines of its log:\n"
-                  f"{agent.log_tail()}", file=sys.stderr)
-    lab.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
-    say("cleaned up")
+    try:
+        if agent is not None and agent.proc is not None:
+            was_running = agent.proc.poll() is None  # if not, its failure was reported already
+            code = agent.stop()
+            if was_running and code not in (0, -signal.SIGTERM):
+                note(f"netprobe demo: the agent exited with code {code}; last lines of its log:\n"
+                     f"{agent.log_tail()}", err=True)
+    finally:
+        try:
+            lab.stop()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    note("cleaned up")
 
 
 def main(argv: list[str] | None = None) -> int:

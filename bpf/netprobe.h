@@ -7,7 +7,9 @@
  *    user space sums the CPUs at scrape time and never deletes.
  *  - Histograms are log2: the slot is the last key field; slot s counts
  *    values v with 2^(s-1) < v <= 2^s (slot 0: v <= 1), so bucket s has the
- *    inclusive upper bound le = 2^s units. Slot NP_SUM_SLOT holds the sum.
+ *    inclusive upper bound le = 2^s units. The value (struct np_hist_value)
+ *    holds the count and the sum of the slot's values: one map operation per
+ *    observation; user space adds the sums of all slots.
  *  - A failed map update is never silent: it increments np_map_errors[index].
  *
  * Compile-time constants come from the program's options (-D on the BCC
@@ -21,7 +23,6 @@
 #define NP_IPPROTO_TCP 6
 
 #define NP_MAX_SLOT 63          /* values beyond 2^63 units share the last slot */
-#define NP_SUM_SLOT 0xFFFF      /* the key that accumulates the sum of values */
 
 #ifndef NP_MAX_ENTRIES
 #error "NP_MAX_ENTRIES must be defined by the agent"
@@ -33,6 +34,11 @@
 struct np_addr_pair {
     u8 local[16];               /* the socket's own address (this node's side) */
     u8 remote[16];
+};
+
+struct np_hist_value {
+    u64 count;
+    u64 sum;                    /* of the observed values, in the histogram's unit */
 };
 
 /* Failed updates per map (index chosen by the program, named in its description). */
@@ -86,13 +92,13 @@ static __always_inline u32 np_log2_slot(u64 v)
     return bits > NP_MAX_SLOT ? NP_MAX_SLOT : bits;
 }
 
-/* Counting idiom (BCC allows no map calls inside macros, so each program
- * spells it out):
+/* Counting idiom (BCC allows no map calls inside macros or included
+ * headers, so each program spells it out):
  *     u64 zero = 0, *v = map.lookup_or_try_init(&key, &zero);
  *     if (v) *v += 1; else np_map_error(ERR_MAP);
  * lookup_or_try_init inserts with BPF_NOEXIST and looks up again, so two
- * CPUs creating the same key never overwrite each other's counts.
- * A histogram does that twice: at key.slot = np_log2_slot(value) (+1) and at
- * key.slot = NP_SUM_SLOT (+value). */
+ * CPUs creating the same key never overwrite each other's counts. A
+ * histogram sets key.slot = np_log2_slot(value) and adds 1 and value to the
+ * np_hist_value found there. */
 
 #endif /* NETPROBE_H */

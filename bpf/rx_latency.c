@@ -40,8 +40,10 @@ struct latency_key {
     u32 pad;
 };
 
-BPF_TABLE("lru_hash", u64, u64, inflight, NP_INFLIGHT_ENTRIES);
-BPF_TABLE("lru_percpu_hash", struct latency_key, u64, latency_ns, NP_MAX_ENTRIES);
+/* Per-CPU LRU lists (no global LRU lock on the per-packet path); lookups
+ * and deletes from other CPUs still see every entry. */
+BPF_F_TABLE("lru_hash", u64, u64, inflight, NP_INFLIGHT_ENTRIES, BPF_F_NO_COMMON_LRU);
+BPF_TABLE("lru_percpu_hash", struct latency_key, struct np_hist_value, latency_ns, NP_MAX_ENTRIES);
 
 static __always_inline void rx_start(u64 skb)
 {
@@ -93,19 +95,15 @@ static __always_inline void rx_end(u64 skb)
     struct latency_key key = {};
     if (!rx_addresses(skb, &key))
         return;
-    u64 zero = 0, *count;
+    struct np_hist_value zero = {}, *bucket;
     key.slot = np_log2_slot(delta);
-    count = latency_ns.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
+    bucket = latency_ns.lookup_or_try_init(&key, &zero);
+    if (bucket) {
+        bucket->count++;
+        bucket->sum += delta;
+    } else {
         np_map_error(ERR_LATENCY);
-    key.slot = NP_SUM_SLOT;
-    count = latency_ns.lookup_or_try_init(&key, &zero);
-    if (count)
-        *count += delta;
-    else
-        np_map_error(ERR_LATENCY);
+    }
 }
 
 #if defined(NP_ATTACH_KPROBE)

@@ -7,7 +7,8 @@
  * A connection is opened when it reaches ESTABLISHED: from SYN_SENT it is
  * outbound (we connected), from SYN_RECV inbound (we accepted). The socket is
  * remembered (np_sockets) with its open time; when it reaches CLOSE, closed
- * and the duration histogram are counted and active goes down. Connections
+ * and the duration histogram are counted and active goes down. opened,
+ * closed and active share one value (struct conn_counts) per key. Connections
  * opened before the program was loaded are not counted at all, so
  * opened - closed == active exactly. A socket that cannot be remembered
  * (np_sockets full) is counted in opened and in np_map_errors[ERR_SOCKETS],
@@ -30,16 +31,22 @@ enum sk_rst_reason { NP_SK_RST_REASON_UNUSED };
 #define DIR_RECEIVED 2
 
 #define ERR_SOCKETS 0
-#define ERR_OPENED 1
-#define ERR_CLOSED 2
-#define ERR_ACTIVE 3
-#define ERR_DURATION 4
-#define ERR_RESETS 5
+#define ERR_CONNECTIONS 1
+#define ERR_DURATION 2
+#define ERR_RESETS 3
 
 struct conn_key {
     struct np_addr_pair pair;
     u8 direction;
     u8 pad[7];
+};
+
+/* One value per key for the three connection metrics: one map operation
+ * per state change instead of three. */
+struct conn_counts {
+    u64 opened;
+    u64 closed;
+    s64 active;                 /* per CPU it can be negative; the sum is not */
 };
 
 struct duration_key {
@@ -54,69 +61,56 @@ struct sock_info {
 };
 
 BPF_TABLE("hash", u64, struct sock_info, np_sockets, NP_MAX_ENTRIES);
-BPF_TABLE("lru_percpu_hash", struct conn_key, u64, opened, NP_MAX_ENTRIES);
-BPF_TABLE("lru_percpu_hash", struct conn_key, u64, closed, NP_MAX_ENTRIES);
-BPF_TABLE("lru_percpu_hash", struct conn_key, s64, active, NP_MAX_ENTRIES);
-BPF_TABLE("lru_percpu_hash", struct duration_key, u64, duration_us, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct conn_key, struct conn_counts, connections, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct duration_key, struct np_hist_value, duration_us, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct conn_key, u64, resets, NP_MAX_ENTRIES);
 
-static __always_inline void count_conn(int which, struct conn_key *key, s64 delta)
+static __always_inline struct conn_counts *counts_of(struct conn_key *key)
 {
-    u64 zero = 0, *count = 0;
-    s64 szero = 0, *level = 0;
-
-    switch (which) {
-    case ERR_OPENED:
-        count = opened.lookup_or_try_init(key, &zero);
-        break;
-    case ERR_CLOSED:
-        count = closed.lookup_or_try_init(key, &zero);
-        break;
-    case ERR_RESETS:
-        count = resets.lookup_or_try_init(key, &zero);
-        break;
-    case ERR_ACTIVE:
-        level = active.lookup_or_try_init(key, &szero);
-        if (level)
-            *level += delta;
-        else
-            np_map_error(ERR_ACTIVE);
-        return;
-    }
-    if (count)
-        *count += delta;
-    else
-        np_map_error(which);
+    struct conn_counts zero = {};
+    struct conn_counts *counts = connections.lookup_or_try_init(key, &zero);
+    if (!counts)
+        np_map_error(ERR_CONNECTIONS);
+    return counts;
 }
 
 static __always_inline void observe_duration(struct conn_key *conn, u64 lived_us)
 {
     struct duration_key key = {};
-    u64 zero = 0, *count;
+    struct np_hist_value zero = {}, *bucket;
 
     key.conn = *conn;
     key.slot = np_log2_slot(lived_us);
-    count = duration_us.lookup_or_try_init(&key, &zero);
+    bucket = duration_us.lookup_or_try_init(&key, &zero);
+    if (bucket) {
+        bucket->count++;
+        bucket->sum += lived_us;
+    } else {
+        np_map_error(ERR_DURATION);
+    }
+}
+
+static __always_inline void count_reset(struct conn_key *key)
+{
+    u64 zero = 0, *count = resets.lookup_or_try_init(key, &zero);
     if (count)
         (*count)++;
     else
-        np_map_error(ERR_DURATION);
-    key.slot = NP_SUM_SLOT;
-    count = duration_us.lookup_or_try_init(&key, &zero);
-    if (count)
-        *count += lived_us;
-    else
-        np_map_error(ERR_DURATION);
+        np_map_error(ERR_RESETS);
 }
 
 int np_tcp_state(struct tracepoint__sock__inet_sock_set_state *args)
 {
     if (args->protocol != NP_IPPROTO_TCP)
         return 0;
-    u64 sk = (u64)args->skaddr;
     int newstate = args->newstate, oldstate = args->oldstate;
+    if (newstate != TCP_CLOSE && newstate != TCP_ESTABLISHED)
+        return 0;
+    u64 sk = (u64)args->skaddr;
 
-    if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+    if (newstate == TCP_ESTABLISHED) {
+        if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
+            return 0;
         struct sock_info info = {};
         info.opened_ns = bpf_ktime_get_ns();
         info.conn.direction = oldstate == TCP_SYN_SENT ? DIR_OUTBOUND : DIR_INBOUND;
@@ -129,24 +123,30 @@ int np_tcp_state(struct tracepoint__sock__inet_sock_set_state *args)
         } else {
             return 0;
         }
-        count_conn(ERR_OPENED, &info.conn, 1);
-        if (np_sockets.update(&sk, &info) == 0)
-            count_conn(ERR_ACTIVE, &info.conn, 1);
-        else
+        struct conn_counts *counts = counts_of(&info.conn);
+        if (counts)
+            counts->opened++;
+        if (np_sockets.update(&sk, &info) == 0) {
+            if (counts)
+                counts->active++;
+        } else {
             np_map_error(ERR_SOCKETS);
+        }
         return 0;
     }
 
-    if (newstate == TCP_CLOSE) {
-        struct sock_info *info = np_sockets.lookup(&sk);
-        if (!info)
-            return 0;          /* opened before we looked, or never established */
-        struct sock_info seen = *info;
-        np_sockets.delete(&sk);
-        count_conn(ERR_CLOSED, &seen.conn, 1);
-        count_conn(ERR_ACTIVE, &seen.conn, -1);
-        observe_duration(&seen.conn, (bpf_ktime_get_ns() - seen.opened_ns) / 1000);
+    /* newstate == TCP_CLOSE */
+    struct sock_info *info = np_sockets.lookup(&sk);
+    if (!info)
+        return 0;              /* opened before we looked, or never established */
+    struct sock_info seen = *info;
+    np_sockets.delete(&sk);
+    struct conn_counts *counts = counts_of(&seen.conn);
+    if (counts) {
+        counts->closed++;
+        counts->active--;
     }
+    observe_duration(&seen.conn, (bpf_ktime_get_ns() - seen.opened_ns) / 1000);
     return 0;
 }
 
@@ -159,7 +159,7 @@ int np_tcp_send_reset(struct tracepoint__tcp__tcp_send_reset *args)
     if (!np_addr_from_sockaddr(key.pair.local, args->saddr) ||
         !np_addr_from_sockaddr(key.pair.remote, args->daddr))
         return 0;
-    count_conn(ERR_RESETS, &key, 1);
+    count_reset(&key);
     return 0;
 }
 
@@ -176,6 +176,6 @@ int np_tcp_receive_reset(struct tracepoint__tcp__tcp_receive_reset *args)
     } else {
         return 0;
     }
-    count_conn(ERR_RESETS, &key, 1);
+    count_reset(&key);
     return 0;
 }

@@ -16,7 +16,7 @@ struct rtt_key {
     u32 pad;
 };
 
-BPF_TABLE("lru_percpu_hash", struct rtt_key, u64, rtt_us, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct rtt_key, struct np_hist_value, rtt_us, NP_MAX_ENTRIES);
 
 int np_tcp_rtt(struct tracepoint__tcp__tcp_probe *args)
 {
@@ -28,18 +28,14 @@ int np_tcp_rtt(struct tracepoint__tcp__tcp_probe *args)
     if (!np_addr_from_sockaddr(key.pair.local, args->saddr) ||
         !np_addr_from_sockaddr(key.pair.remote, args->daddr))
         return 0;
-    u64 zero = 0, *count;
+    struct np_hist_value zero = {}, *bucket;
     key.slot = np_log2_slot(srtt);
-    count = rtt_us.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
+    bucket = rtt_us.lookup_or_try_init(&key, &zero);
+    if (bucket) {
+        bucket->count++;
+        bucket->sum += srtt;
+    } else {
         np_map_error(ERR_RTT);
-    key.slot = NP_SUM_SLOT;
-    count = rtt_us.lookup_or_try_init(&key, &zero);
-    if (count)
-        *count += srtt;
-    else
-        np_map_error(ERR_RTT);
+    }
     return 0;
 }

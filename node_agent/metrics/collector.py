@@ -8,13 +8,14 @@ deleted on read: two Prometheus servers scraping see the same counters.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections import defaultdict
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from node_agent.metrics.histogram import SUM_SLOT, cumulative_buckets
+from node_agent.metrics.histogram import cumulative_buckets
 from node_agent.metrics.keys import decode_key
 from node_agent.metrics.labels import LabelScope, NodeAddresses
 from node_agent.programs import CATALOGUE
@@ -27,7 +28,21 @@ log = logging.getLogger(__name__)
 STAGES = ("config", "compile", "load", "attach")
 
 
-def read_map(table) -> list[tuple[bytes, int]]:
+def _sum_cpus(v):
+    """A map value as a number, or a {field: number} dict for struct values;
+    per-CPU values (an array, one element per possible CPU) are summed."""
+    if isinstance(v, int):
+        return v
+    if isinstance(v, ctypes.Structure):
+        return {f: getattr(v, f) for f, _ in v._fields_}
+    if isinstance(v, ctypes.Array):
+        if len(v) and isinstance(v[0], ctypes.Structure):
+            return {f: sum(getattr(x, f) for x in v) for f, _ in v[0]._fields_}
+        return sum(v)
+    return v.value
+
+
+def read_map(table) -> list[tuple[bytes, object]]:
     """All (raw key, value summed over CPUs) of a BCC table."""
     try:
         items = list(table.items_lookup_batch())
@@ -35,15 +50,9 @@ def read_map(table) -> list[tuple[bytes, int]]:
         items = table.items()
     out = []
     for k, v in items:
-        if isinstance(v, int):
-            total = v
-        elif hasattr(v, "__len__"):   # per-CPU: one value per possible CPU
-            total = sum(v)
-        else:
-            total = v.value
         if isinstance(k, int):        # scalar keys come back as Python ints
             k = table.Key(k)
-        out.append((bytes(k), total))
+        out.append((bytes(k), _sum_cpus(v)))
     return out
 
 
@@ -125,7 +134,8 @@ class AgentCollector:
         # map self-metrics: size, fill, evictions (LRU keys we never delete that vanished)
         for info in spec.maps:
             if info.entries_from_sum_of is not None:
-                entries = sum(v for _, v in maps[info.entries_from_sum_of])
+                source, field = info.entries_from_sum_of
+                entries = sum(v[field] for _, v in maps[source])
             else:
                 entries = len(maps[info.name])
                 if info.lru and any(m.map == info.name for m in spec.metrics):
@@ -158,7 +168,8 @@ class AgentCollector:
         totals: dict[tuple[str, ...], int] = defaultdict(int)
         for raw, value in entries:
             key = decode_key(raw, m.key)
-            totals[scope.labels(key.local, key.remote) + self._extra(m, key.code)] += value
+            totals[scope.labels(key.local, key.remote) + self._extra(m, key.code)] += \
+                value[m.value_field] if m.value_field else value
         for labels, value in totals.items():
             if m.signed:   # per-CPU s64 parts may be read as u64 by some paths
                 value = (value + (1 << 63)) % (1 << 64) - (1 << 63)
@@ -170,10 +181,8 @@ class AgentCollector:
         for raw, value in entries:
             key = decode_key(raw, m.key)
             labels = scope.labels(key.local, key.remote) + self._extra(m, key.code)
-            if key.slot == SUM_SLOT:
-                sums[labels] += value
-            else:
-                slots[labels][key.slot] += value
+            slots[labels][key.slot] += value["count"]
+            sums[labels] += value["sum"]
         first, last = m.bucket_slots
         for labels, by_slot in slots.items():
             family.add_metric(list(labels), cumulative_buckets(by_slot, m.unit_seconds, first, last),

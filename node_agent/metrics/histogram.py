@@ -3,13 +3,14 @@
 Slot s counts values v (integers, in the histogram's unit) with
 2^(s-1) < v <= 2^s, slot 0 counts v <= 1. So everything in slots <= s is
 <= 2^s units: bucket `le = 2^s * unit` is the cumulative count up to slot s,
-exactly, with no value of a higher slot able to belong to it.
+exactly, with no value of a higher slot able to belong to it. Each slot's
+value also carries the sum of its observations; the histogram's sum is the
+sum over slots.
 """
 from __future__ import annotations
 
 from prometheus_client.utils import floatToGoString
 
-SUM_SLOT = 0xFFFF
 MAX_SLOT = 63
 
 

@@ -10,7 +10,7 @@ class DecodedKey(NamedTuple):
     local: bytes          # 16 bytes, IPv4 mapped
     remote: bytes
     code: int | None      # the enum byte (e.g. direction), if the layout has one
-    slot: int | None      # histogram slot (SUM_SLOT for the sum), if any
+    slot: int | None      # histogram slot, if any
 
 
 def decode_key(raw: bytes, layout: KeyLayout) -> DecodedKey:

@@ -22,13 +22,13 @@ SPEC = ProgramSpec(
         Metric("netprobe_tcp_connections_opened_total", "counter",
                "TCP connections of this pod that reached ESTABLISHED: outbound (it connected) "
                "or inbound (it accepted), by peer.",
-               map="opened", key=CONN_KEY, code_label="direction", code_values=DIRECTION),
+               map="connections", value_field="opened", key=CONN_KEY, code_label="direction", code_values=DIRECTION),
         Metric("netprobe_tcp_connections_closed_total", "counter",
                "TCP connections of this pod (opened while the agent watched) that closed, by peer.",
-               map="closed", key=CONN_KEY, code_label="direction", code_values=DIRECTION),
+               map="connections", value_field="closed", key=CONN_KEY, code_label="direction", code_values=DIRECTION),
         Metric("netprobe_tcp_connections_active", "gauge",
                "TCP connections of this pod opened while the agent watched and not closed yet.",
-               map="active", key=CONN_KEY, code_label="direction", code_values=DIRECTION, signed=True),
+               map="connections", value_field="active", key=CONN_KEY, code_label="direction", code_values=DIRECTION, signed=True),
         Metric("netprobe_tcp_connection_duration_seconds", "histogram",
                "Lifetime of closed TCP connections of this pod, from ESTABLISHED to CLOSE.",
                map="duration_us", key=DURATION_KEY, code_label="direction", code_values=DIRECTION,
@@ -38,8 +38,8 @@ SPEC = ProgramSpec(
                map="resets", key=CONN_KEY, code_label="direction", code_values=RESET_DIRECTION),
     ),
     maps=(
-        MapInfo("np_sockets", entries_from_sum_of="active", lru=False),
-        MapInfo("opened"), MapInfo("closed"), MapInfo("active"), MapInfo("duration_us"), MapInfo("resets"),
+        MapInfo("np_sockets", entries_from_sum_of=("connections", "active"), lru=False),
+        MapInfo("connections"), MapInfo("duration_us"), MapInfo("resets"),
     ),
-    map_error_slots={0: "np_sockets", 1: "opened", 2: "closed", 3: "active", 4: "duration_us", 5: "resets"},
+    map_error_slots={0: "np_sockets", 1: "connections", 2: "duration_us", 3: "resets"},
 )

@@ -92,7 +92,7 @@ class KeyLayout:
     """Bytes of a map key: local and remote address first (np_addr_pair)."""
     size: int
     code_offset: int | None = None      # a u8 enum (e.g. direction) at this offset
-    slot_offset: int | None = None      # u32 log2 slot of a histogram key
+    slot_offset: int | None = None      # u32 log2 slot of a histogram key (its value: count, sum)
 
 
 PAIR_KEY = KeyLayout(size=32)
@@ -105,6 +105,7 @@ class Metric:
     help: str
     map: str
     key: KeyLayout
+    value_field: str | None = None             # value struct field (None: the value is a number)
     code_label: str | None = None              # label taken from the key's enum byte
     code_values: dict[int, str] = field(default_factory=dict)
     unit_seconds: float = 1.0                  # histogram value unit (1e-6: microseconds)
@@ -121,9 +122,9 @@ class MapInfo:
     """A map that counts toward netprobe_map_* self-metrics."""
     name: str
     max_entries_option: str = "max_entries"
-    # How to know its size without walking it: name of a gauge map whose
-    # values sum to the entry count (e.g. tracked sockets = sum of active).
-    entries_from_sum_of: str | None = None
+    # How to know its size without walking it: (map, field) whose values sum
+    # to the entry count (e.g. tracked sockets = sum of active connections).
+    entries_from_sum_of: tuple[str, str] | None = None
     lru: bool = True
 
 

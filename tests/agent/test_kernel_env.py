@@ -60,7 +60,10 @@ def fake_usr_src(tmp_path, monkeypatch):
     monkeypatch.setattr(hdr, "USR_SRC", src)
     monkeypatch.setattr(hdr, "MODULES", tmp_path / "modules")
     monkeypatch.setattr(hdr, "RUN_DIR", tmp_path / "run")
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    # setenv first so that the original state (usually: unset) is what gets
+    # restored, also after find_kernel_headers() exported a fake tree.
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "")
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
     return src
 
 
@@ -76,7 +79,7 @@ def test_nearest_split_headers_are_merged_into_one_tree(fake_usr_src, monkeypatc
     # A second agent reuses the tree.
     assert hdr.find_kernel_headers("6.1.77-custom", set_env=False).path == found.path
     # Same major.minor is missing: the closest version wins.
-    monkeypatch.delenv("BCC_KERNEL_SOURCE")
+    os.environ.pop("BCC_KERNEL_SOURCE")
     assert hdr.find_kernel_headers("6.11.0", set_env=False).version == "6.12.0-1-amd64"
 
 
@@ -91,7 +94,8 @@ def test_bcc_kernel_source_wins_and_is_checked(fake_usr_src, monkeypatch, tmp_pa
 def test_no_headers_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(hdr, "USR_SRC", tmp_path / "empty")
     monkeypatch.setattr(hdr, "MODULES", tmp_path / "modules")
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "")
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
     with pytest.raises(hdr.HeadersNotFound) as e:
         hdr.find_kernel_headers("6.1.0")
     assert "linux-headers-$(uname -r)" in str(e.value) and "/lib/modules" in str(e.value)

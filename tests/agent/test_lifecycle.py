@@ -107,7 +107,7 @@ def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_fi
     # Options changed: that program alone is reloaded (new maps, new size).
     agent.write_config({"tcp_retransmit": {}, "tcp_connections": {"max_entries": 4096}})
     wait_until(lambda: agent.scrape().value("netprobe_map_max_entries", program="tcp_connections",
-                                            map="opened") == 4096, timeout=60, what="options applied")
+                                            map="connections") == 4096, timeout=60, what="options applied")
     assert retransmit_progs <= bpf_objects_of(agent.proc.pid)["prog"]
     connection_progs = bpf_objects_of(agent.proc.pid)["prog"] - retransmit_progs
     assert len(connection_progs) == 3

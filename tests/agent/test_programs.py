@@ -201,9 +201,9 @@ def test_retransmits_carry_the_lossy_pair_labels_and_the_clean_pair_has_none(lab
 
 def test_self_metrics_describe_maps_and_the_agent(agent):
     s = agent.scrape()
-    assert s.value("netprobe_map_max_entries", program="tcp_connections", map="opened") == 16384
-    assert s.value("netprobe_map_entries", program="tcp_connections", map="opened") > 0
-    assert 0 < s.value("netprobe_map_fill_ratio", program="tcp_connections", map="opened") < 1
+    assert s.value("netprobe_map_max_entries", program="tcp_connections", map="connections") == 16384
+    assert s.value("netprobe_map_entries", program="tcp_connections", map="connections") > 0
+    assert 0 < s.value("netprobe_map_fill_ratio", program="tcp_connections", map="connections") < 1
     assert s.value("netprobe_map_update_failures_total") == 0
     assert s.value("netprobe_resolver_pods", resolver="static") == 3
     assert s.all("netprobe_agent_info")[0].labels["headers"]

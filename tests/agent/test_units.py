@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from node_agent.config import ConfigError, parse_config
-from node_agent.metrics.histogram import SUM_SLOT, bucket_bounds, cumulative_buckets, log2_slot
+from node_agent.metrics.histogram import bucket_bounds, cumulative_buckets, log2_slot
 from node_agent.metrics.keys import decode_key
 from node_agent.metrics.labels import LabelScope
 from node_agent.programs import CATALOGUE
@@ -61,8 +61,6 @@ def test_duration_key_decodes_addresses_direction_and_slot():
     raw = local + remote + bytes([2]) + bytes(7) + (13).to_bytes(4, "little") + bytes(4)
     key = decode_key(raw, DURATION_KEY)
     assert (key.local, key.remote, key.code, key.slot) == (local, remote, 2, 13)
-    sum_key = decode_key(raw[:40] + SUM_SLOT.to_bytes(4, "little") + bytes(4), DURATION_KEY)
-    assert sum_key.slot == SUM_SLOT
 
 
 def test_key_of_the_wrong_size_is_refused():

@@ -452,14 +452,18 @@ class ControlPlane:
         etcd_peer_url = f"http://127.0.0.1:{etcd_peer}"
         serving = [f"--tls-cert-file={pki.serving_cert}",
                    f"--tls-private-key-file={pki.serving_key}"]
+        # The controller manager and scheduler would otherwise look up the request-header
+        # (front proxy) CA in kube-system and log an error every few seconds: there is
+        # no front proxy, so give them the client CA and skip that lookup.
+        delegated_authn = ["--authentication-skip-lookup=true", f"--client-ca-file={pki.ca_file}"]
         argv = {
             "etcd": [
-                "--name=default", f"--data-dir={work / 'etcd'}",
+                "--name=netprobe-testbed", f"--data-dir={work / 'etcd'}",
                 f"--listen-client-urls={etcd_client_url}",
                 f"--advertise-client-urls={etcd_client_url}",
                 f"--listen-peer-urls={etcd_peer_url}",
                 f"--initial-advertise-peer-urls={etcd_peer_url}",
-                f"--initial-cluster=default={etcd_peer_url}",
+                f"--initial-cluster=netprobe-testbed={etcd_peer_url}",
                 # Throwaway data: durability is not worth the fsync latency on a shared disk.
                 "--unsafe-no-fsync",
                 "--log-level=warn",
@@ -491,6 +495,7 @@ class ControlPlane:
                 f"--kubeconfig={kcm_kubeconfig}",
                 f"--authentication-kubeconfig={kcm_kubeconfig}",
                 f"--authorization-kubeconfig={kcm_kubeconfig}",
+                *delegated_authn,
                 "--bind-address=127.0.0.1", f"--secure-port={controller_manager}", *serving,
                 f"--controllers={','.join(CONTROLLERS)}",
                 "--leader-elect=false",
@@ -505,6 +510,7 @@ class ControlPlane:
                 f"--kubeconfig={scheduler_kubeconfig}",
                 f"--authentication-kubeconfig={scheduler_kubeconfig}",
                 f"--authorization-kubeconfig={scheduler_kubeconfig}",
+                *delegated_authn,
                 "--bind-address=127.0.0.1", f"--secure-port={scheduler}", *serving,
                 "--leader-elect=false",
                 "--profiling=false",

@@ -14,34 +14,34 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.common import (Figure, interface_packets, log, process_cpu_ns, process_cpu_seconds,
-                          process_memory_kib, running_agent)
+from bench.common import CpuAccount, Figure, interface_packets, log, process_memory_kib, running_agent
 from bench.traffic import sockperf_pingpong_argv, sockperf_round_trips_per_second, start_sockperf_server
 from netprobe_testbed.netns import Lab
 
 NAME = "agent_resources"
 TARGET_RSS_MIB = 200
 SCRAPE_EVERY = 2.0
+WARMUP_SCRAPES = 3
 LOW_RATE_MPS = 200  # messages/s in the low-rate window (each: a request and a response)
 
 
-def _window(agent, client, server, seconds: float, mps: int | None) -> dict:
-    """One measurement window: traffic for `seconds` while scraping on schedule."""
-    cpu0, ns0 = process_cpu_seconds(agent.pid), process_cpu_ns(agent.pid)
+def _window(agent, cpu: CpuAccount, client, server, seconds: float, mps: int | None, scrape: bool) -> dict:
+    """One measurement window: traffic for `seconds`, scraping on schedule if `scrape`."""
+    cpu0, total0 = cpu.user_system_ns(), cpu.total_ns()
     packets0, t0 = interface_packets(server.host_veth), time.monotonic()
     proc = client.popen(sockperf_pingpong_argv(server.ip4, seconds, mps=mps),
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     next_scrape = t0
     while proc.poll() is None:
-        if time.monotonic() >= next_scrape:
+        if scrape and time.monotonic() >= next_scrape:
             agent.metrics_text()
             next_scrape += SCRAPE_EVERY
         time.sleep(0.05)
     output = proc.stdout.read()
-    cpu1, ns1 = process_cpu_seconds(agent.pid), process_cpu_ns(agent.pid)
+    cpu1, total1 = cpu.user_system_ns(), cpu.total_ns()
     packets1, t1 = interface_packets(server.host_veth), time.monotonic()
-    return {"seconds": t1 - t0, "user": cpu1[0] - cpu0[0], "system": cpu1[1] - cpu0[1],
-            "cpu": (ns1 - ns0) / 1e9,
+    user, system = (cpu1[0] - cpu0[0]) / 1e9, (cpu1[1] - cpu0[1]) / 1e9
+    return {"seconds": t1 - t0, "user": user, "system": system, "cpu": (total1 - total0) / 1e9,
             "packets_per_second": (packets1 - packets0) / (t1 - t0),
             "round_trips_per_second": sockperf_round_trips_per_second(output)}
 
@@ -56,33 +56,55 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
         with running_agent(workdir, resolver, "resources") as agent:
             at_start = process_memory_kib(agent.pid)
             log(f"RSS after start: {at_start['VmRSS'] / 1024:.1f} MiB")
-            low = _window(agent, client, server, window_seconds, LOW_RATE_MPS)
-            log(f"low rate:  {low['packets_per_second']:,.0f} packets/s, agent CPU "
-                f"{low['user']:.2f}s user + {low['system']:.2f}s system in {low['seconds']:.1f}s")
-            high = _window(agent, client, server, window_seconds, None)
-            log(f"high rate: {high['packets_per_second']:,.0f} packets/s, agent CPU "
-                f"{high['user']:.2f}s user + {high['system']:.2f}s system in {high['seconds']:.1f}s")
-            steady = process_memory_kib(agent.pid)
+            cpu = CpuAccount(agent.pid)
+            for _ in range(WARMUP_SCRAPES):  # first scrapes build caches: not steady state
+                agent.metrics_text()
+                time.sleep(SCRAPE_EVERY)
+            try:
+                windows = {}
+                for scrape in (False, True):
+                    for rate, mps in (("low", LOW_RATE_MPS), ("high", None)):
+                        w = _window(agent, cpu, client, server, window_seconds, mps, scrape)
+                        windows[rate, scrape] = w
+                        log(f"{rate:>4} rate, {'scraped every %gs' % SCRAPE_EVERY if scrape else 'no scrapes':<17}: "
+                            f"{w['packets_per_second']:>9,.0f} packets/s, agent CPU {w['cpu']:.4f}s in {w['seconds']:.1f}s")
+                steady = process_memory_kib(agent.pid)
+            finally:
+                cpu.close()
+            how = "cpuacct cgroup" if cpu.precise else "clock ticks of /proc/<pid>/stat"
 
     scrapes = int(window_seconds // SCRAPE_EVERY) + 1
 
-    def cpu_detail(w):
-        return (f"{w['cpu']:.3f}s on CPU ({w['user']:.2f}s user + {w['system']:.2f}s system in clock "
-                f"ticks) over {w['seconds']:.1f}s, "
-                f"{w['packets_per_second']:,.0f} packets/s, ~{scrapes} scrapes")
+    def percent(w):
+        return w["cpu"] / w["seconds"] * 100
 
-    return [
+    def detail(w, scrape):
+        return (f"{w['cpu']:.4f} CPU s ({w['user']:.2f}s user + {w['system']:.2f}s system in ticks) "
+                f"over {w['seconds']:.1f}s at "
+                f"{w['packets_per_second']:,.0f} packets/s" + (f", {scrapes} scrapes" if scrape else ", not scraped"))
+
+    low, high = windows["low", False], windows["high", False]
+    figures = [
         Figure(NAME, "agent RSS after start", at_start["VmRSS"] / 1024, "MiB", f"<= {TARGET_RSS_MIB}",
                f"peak so far {at_start['VmHWM'] / 1024:.1f} MiB (BCC compile included)"),
         Figure(NAME, "agent RSS at steady state", steady["VmRSS"] / 1024, "MiB", f"<= {TARGET_RSS_MIB}",
-               f"after both traffic windows; peak {steady['VmHWM'] / 1024:.1f} MiB"),
+               f"after {len(windows)} traffic windows; peak {steady['VmHWM'] / 1024:.1f} MiB"),
         Figure(NAME, "packet rate high/low", high["packets_per_second"] / low["packets_per_second"], "ratio",
                detail=f"{low['packets_per_second']:,.0f} vs {high['packets_per_second']:,.0f} packets/s "
                       f"on the server's veth"),
-        Figure(NAME, "agent CPU, low packet rate", low["cpu"] / low["seconds"] * 100, "% of a CPU",
-               detail=cpu_detail(low)),
-        Figure(NAME, "agent CPU, high packet rate", high["cpu"] / high["seconds"] * 100, "% of a CPU",
-               detail=cpu_detail(high)),
-        Figure(NAME, "agent CPU high/low rate", (high["cpu"] / high["seconds"]) / max(low["cpu"] / low["seconds"], 1e-9),
-               "ratio", detail="about 1: independent of the packet rate (CPU time from schedstat)"),
     ]
+    for scrape in (False, True):
+        low, high = windows["low", scrape], windows["high", scrape]
+        suffix = "scraped" if scrape else "not scraped"
+        figures += [
+            Figure(NAME, f"agent CPU, low packet rate, {suffix}", percent(low), "% of a CPU",
+                   detail=detail(low, scrape)),
+            Figure(NAME, f"agent CPU, high packet rate, {suffix}", percent(high), "% of a CPU",
+                   detail=detail(high, scrape)),
+        ]
+    for scrape in (False, True):
+        figures.append(Figure(
+            NAME, f"agent CPU high/low packet rate, {'scraped' if scrape else 'not scraped'}",
+            percent(windows["high", scrape]) / max(percent(windows["low", scrape]), 1e-9), "ratio",
+            detail=f"1 = independent of the packet rate; CPU time from the {how}"))
+    return figures

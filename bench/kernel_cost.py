@@ -8,6 +8,11 @@ and attributed to their catalogue program and hook by the agent's own program
 specs (node_agent.programs.CATALOGUE). The cost is the delta over a traffic window, divided by the
 delta of runs: one run = one event (a tracepoint hit).
 
+Two reference programs run in the same window on net:netif_receive_skb: an
+empty one and one that increments a per-CPU counter. They show the floor of
+this machine (the statistics' own clock reads included, a VM's clock too), so
+the agent's figures can be read against what any program costs here.
+
 Traffic while measuring: one iperf3 stream (segments and ACKs: tcp_probe,
 receive path), short connections with every 10th to a closed port (state
 changes, resets), and a pair with 20 % random loss (retransmits).
@@ -15,6 +20,8 @@ changes, resets), and a pair with 20 % random loss (retransmits).
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import subprocess
 import time
@@ -76,6 +83,40 @@ def prog_stats(ids: set[int]) -> dict[int, dict]:
     return {p["id"]: p for p in json.loads(out.stdout) if p["id"] in ids}
 
 
+REFERENCE_TRACEPOINT = "net:netif_receive_skb"
+_REFERENCE_PROGRAMS = r"""
+BPF_PERCPU_ARRAY(ref_counter, u64, 1);
+
+int ref_empty(void *ctx)
+{
+    return 0;
+}
+
+int ref_count(void *ctx)
+{
+    u32 zero = 0;
+    u64 *value = ref_counter.lookup(&zero);
+    if (value)
+        (*value)++;
+    return 0;
+}
+"""
+REFERENCES = {"ref_empty": "reference: empty program", "ref_count": "reference: per-CPU counter increment"}
+
+
+def load_reference_programs():
+    """Compile and attach the reference programs in this process; returns the BPF object."""
+    from bcc import BPF
+
+    from node_agent.kernel.headers import find_kernel_headers
+
+    find_kernel_headers(set_env=True)  # BCC_KERNEL_SOURCE, as the agent does
+    bpf = BPF(text=_REFERENCE_PROGRAMS)
+    for fn in REFERENCES:
+        bpf.attach_tracepoint(tp=REFERENCE_TRACEPOINT, fn_name=fn)
+    return bpf
+
+
 def describe_prog(kernel_name: str, owners: dict[str, str]) -> str:
     """What a loaded program is, from its possibly truncated kernel name."""
     matches = [fn for fn in owners if fn == kernel_name
@@ -100,6 +141,9 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
             ids = prog_ids_of(agent.pid)
             if not ids:
                 raise RuntimeError("the agent holds no BPF program file descriptors")
+            references = load_reference_programs()
+            reference_ids = prog_ids_of(os.getpid())
+            ids |= reference_ids
             before = prog_stats(ids)
             started = time.monotonic()
             background = [
@@ -112,17 +156,26 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
             window = time.monotonic() - started
             for proc in background:
                 proc.kill()
+            references.cleanup()
 
-    figures = []
-    for prog_id, rec in sorted(after.items(), key=lambda kv: describe_prog(kv[1]["name"], owners)):
+    agent_figures, reference_figures = [], []
+    for prog_id, rec in after.items():
         prev = before.get(prog_id, {})
         runs = rec.get("run_cnt", 0) - prev.get("run_cnt", 0)
         ns = rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0)
-        what = describe_prog(rec["name"], owners)
+        if prog_id in reference_ids:
+            what, target, into = f"{REFERENCES.get(rec['name'], rec['name'])} ({REFERENCE_TRACEPOINT})", "", \
+                reference_figures
+        else:
+            what, target, into = describe_prog(rec["name"], owners), f"<= {TARGET_NS}", agent_figures
         if runs <= 0:
-            figures.append(Figure(NAME, what, float("nan"), "ns/event", f"<= {TARGET_NS}",
-                                  "no events in the window"))
-            continue
-        figures.append(Figure(NAME, what, ns / runs, "ns/event", f"<= {TARGET_NS}",
-                              f"{runs} events in {window:.1f}s ({runs / window:,.0f}/s), {rec['type']}"))
-    return figures
+            into.append(Figure(NAME, what, float("nan"), "ns/event", target, "no events in the window"))
+        else:
+            into.append(Figure(NAME, what, ns / runs, "ns/event", target,
+                               f"{runs} events in {window:.1f}s ({runs / window:,.0f}/s), {rec['type']}"))
+    floor = next((f.value for f in reference_figures if f.what.startswith(REFERENCES["ref_empty"])), None)
+    if floor is not None and not math.isnan(floor):
+        for f in agent_figures:
+            if not math.isnan(f.value):
+                f.detail += f"; {f.value - floor:,.0f} ns above the empty program"
+    return sorted(agent_figures, key=lambda f: f.what) + sorted(reference_figures, key=lambda f: f.what)

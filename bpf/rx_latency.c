@@ -13,8 +13,9 @@
  *              (recvmsg and friends): IP + transport processing plus the time
  *              the data waited in the socket receive queue.
  *
- * The start time is kept per skb address in an LRU hash (packets that are
- * never delivered, e.g. forwarded or dropped, age out of it). The addresses
+ * The start time is kept per skb address in a direct-mapped table
+ * (inflight; packets never delivered, e.g. forwarded or dropped, are simply
+ * overwritten by later ones). The addresses
  * come from the packet's IP header, found through sk_buff->head and
  * ->network_header at offsets read from the running kernel's BTF
  * (OFF_SKB_HEAD, OFF_SKB_NETWORK_HEADER), never from the compile headers.
@@ -31,8 +32,8 @@
 #endif
 
 #define ERR_LATENCY 0
-#define ERR_INFLIGHT 1
-#define ERR_STALE 2             /* not a map failure: a discarded end */
+#define ERR_UNMATCHED 1         /* discarded ends: no start for this packet */
+#define ERR_STALE 2             /* discarded ends: start too old, skb address reused */
 
 struct latency_key {
     struct np_addr_pair pair;   /* local = packet destination, remote = source */
@@ -40,16 +41,36 @@ struct latency_key {
     u32 pad;
 };
 
-/* Per-CPU LRU lists (no global LRU lock on the per-packet path); lookups
- * and deletes from other CPUs still see every entry. */
-BPF_F_TABLE("lru_hash", u64, u64, inflight, NP_INFLIGHT_ENTRIES, BPF_F_NO_COMMON_LRU);
+/* Start times live in a direct-mapped table indexed by a hash of the skb
+ * address: one array store per received packet, no lock, no allocation, no
+ * eviction work (an LRU hash cost ~3x more per packet here, because most
+ * received packets are never read and keep it full). A packet whose slot is
+ * taken by another before it is read loses its sample; an end that finds no
+ * matching start is counted (np_map_errors[ERR_UNMATCHED]). */
+struct inflight_slot {
+    u64 skb;
+    u64 started_ns;
+};
+
+BPF_ARRAY(inflight, struct inflight_slot, NP_INFLIGHT_ENTRIES);
+
+static __always_inline u32 inflight_index(u64 skb)
+{
+    return (u32)(((skb >> 6) * 0x9E3779B97F4A7C15ULL) >> 32) % NP_INFLIGHT_ENTRIES;
+}
+
 BPF_TABLE("lru_percpu_hash", struct latency_key, struct np_hist_value, latency_ns, NP_MAX_ENTRIES);
 
 static __always_inline void rx_start(u64 skb)
 {
-    u64 now = bpf_ktime_get_ns();
-    if (inflight.update(&skb, &now))
-        np_map_error(ERR_INFLIGHT);
+    u32 index = inflight_index(skb);
+    struct inflight_slot *slot = inflight.lookup(&index);
+    if (!slot)
+        return;
+    /* time first, then the owner: a reader that sees the owner sees its time
+     * (stores are not reordered on x86; elsewhere a rare sample may be off) */
+    slot->started_ns = bpf_ktime_get_ns();
+    slot->skb = skb;
 }
 
 /* Fill key->pair from the skb's IP header; 0 if it is neither IPv4 nor IPv6. */
@@ -83,11 +104,16 @@ static __always_inline int rx_addresses(u64 skb, struct latency_key *key)
 
 static __always_inline void rx_end(u64 skb)
 {
-    u64 *started = inflight.lookup(&skb);
-    if (!started)
+    u32 index = inflight_index(skb);
+    struct inflight_slot *slot = inflight.lookup(&index);
+    if (!slot)
         return;
-    u64 delta = bpf_ktime_get_ns() - *started;
-    inflight.delete(&skb);
+    if (slot->skb != skb) {
+        np_map_error(ERR_UNMATCHED);    /* start displaced, or never seen */
+        return;
+    }
+    u64 delta = bpf_ktime_get_ns() - slot->started_ns;
+    slot->skb = 0;                      /* one sample per packet: later reads of it don't count */
     if (delta > NP_MAX_AGE_NS) {
         np_map_error(ERR_STALE);
         return;

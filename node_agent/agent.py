@@ -73,6 +73,7 @@ class Agent:
         self.state.info = {"kernel": self.features.release, "headers": headers.path,
                            "headers_source": headers.source}
         self._apply_labels(self.config)
+        self.collector.node_addresses.get()   # warm up (netlink) before the first scrape
         self.resolver = self._start_resolver(self.config)
         self.state.resolver = self.resolver
         try:
@@ -88,10 +89,10 @@ class Agent:
                                               "failed": ",".join(self.manager.failed()) or "none"}})
 
     def _start_resolver(self, config: AgentConfig):
-        resolver = make_resolver(config)
         try:
+            resolver = make_resolver(config)
             resolver.start()
-        except Exception as e:
+        except Exception as e:   # a bad file, an unreadable kubeconfig, ...
             raise StartupError(f"resolver: {e}") from None
         return resolver
 

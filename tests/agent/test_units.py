@@ -198,3 +198,19 @@ def test_static_file_errors_say_where(text, where):
     with pytest.raises(StaticFileError) as e:
         parse_static_file(text)
     assert where in str(e.value)
+
+
+def test_config_builds_the_kubernetes_resolver(tmp_path):
+    from node_agent.resolver.factory import make_resolver
+    from node_agent.resolver.kubernetes import KubernetesResolver
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n")
+    config = parse_config(f"node_name: node-1\nresolver: {{kubernetes: {{peers: node, "
+                          f"deleted_pod_grace_seconds: 5, kubeconfig: {kubeconfig}}}}}")
+    resolver = make_resolver(config)        # constructed, not started: no API call
+    assert isinstance(resolver, KubernetesResolver)
+    assert (resolver.node_name, resolver.peers, resolver.grace_seconds) == ("node-1", "node", 5.0)

@@ -268,6 +268,9 @@ class ControlPlane:
             cp.kubectl("get", "namespaces")
     """
 
+    # Starts over on fresh ports when one picked was taken before its component bound it.
+    PORT_ATTEMPTS = 3
+
     def __init__(self, workdir: str | os.PathLike | None = None, bin_dir: Path = BIN_DIR,
                  start_timeout: float = 120.0):
         self._requested_workdir = Path(workdir) if workdir is not None else None
@@ -305,28 +308,46 @@ class ControlPlane:
         began = time.monotonic()
         self._make_workdir()
         atexit.register(self.stop)
+        deadline = began + self.start_timeout
         try:
-            self._prepare()
-            for name in COMPONENTS:
-                self._processes[name].start()
-                self._wait_healthy(name, deadline=began + self.start_timeout)
-            # The controllers are up once the ServiceAccount controller has made the
-            # default ServiceAccount: pods cannot be created in a namespace before that.
-            self._wait_for("the default ServiceAccount",
-                           lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
-                           deadline=began + self.start_timeout)
+            for attempt in range(1, self.PORT_ATTEMPTS + 1):
+                try:
+                    self._start_components(deadline)
+                    break
+                except ControlPlaneError as error:
+                    # A free port picked for a component can be taken by another
+                    # process before the component binds it: start over on new ports.
+                    if "address already in use" not in str(error) or attempt == self.PORT_ATTEMPTS:
+                        raise
+                    self._stop_processes()
+                    for entry in self.workdir.iterdir():
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         except BaseException:
             self.stop()
             raise
         self.start_seconds = time.monotonic() - began
         return self
 
-    def stop(self) -> None:
-        """Stop every process this control plane started and delete its directory."""
+    def _start_components(self, deadline: float) -> None:
+        self._prepare()
+        for name in COMPONENTS:
+            self._processes[name].start()
+            self._wait_healthy(name, deadline)
+        # The controllers are up once the ServiceAccount controller has made the default
+        # ServiceAccount: pods cannot be created in a namespace before that.
+        self._wait_for("the default ServiceAccount",
+                       lambda: self._get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+                       deadline)
+
+    def _stop_processes(self) -> None:
         for name in reversed(COMPONENTS):
             if name in self._processes:
                 self._processes[name].stop()
         self._processes.clear()
+
+    def stop(self) -> None:
+        """Stop every process this control plane started and delete its directory."""
+        self._stop_processes()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -1,7 +1,10 @@
 """Starting and stopping control planes: speed, restarts and a clean slate after stop."""
+import socket
+
 import pytest
 from kubernetes import client
 
+from netprobe_testbed import cluster
 from netprobe_testbed.cluster import COMPONENTS, ControlPlane, ControlPlaneError, process_running
 
 pytestmark = pytest.mark.cluster
@@ -53,3 +56,25 @@ def test_non_empty_workdir_is_refused(tmp_path):
     with pytest.raises(ControlPlaneError, match="not empty"):
         ControlPlane(workdir=tmp_path).start()
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_start_moves_on_when_a_picked_port_is_taken_meanwhile(monkeypatch):
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    picks = []
+
+    def first_pick_includes_a_taken_port(count):
+        ports = real_pick(count)
+        if not picks:
+            ports[0] = squatter.getsockname()[1]   # etcd's client port
+        picks.append(ports)
+        return ports
+    real_pick = cluster._free_loopback_ports
+    monkeypatch.setattr(cluster, "_free_loopback_ports", first_pick_includes_a_taken_port)
+    try:
+        with ControlPlane() as cp:
+            assert len(picks) == 2
+            assert cp.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+    finally:
+        squatter.close()

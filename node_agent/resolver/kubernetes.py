@@ -21,7 +21,7 @@ Memory: the cache keeps, per pod with an address, a PodRef, the name strings,
 the parsed addresses and three dictionary slots: about 0.6 KiB per pod in
 CPython 3.11 (see docs/resolver.md and bench/resolver_memory.py for the
 measured figure), so a cluster-wide watch of 5,000 pods costs a few MiB of
-cache. Lists are read in pages of 500 so that the transient JSON of a relist
+cache. Lists are read in pages of 100 so that the transient JSON of a relist
 stays bounded whatever the cluster size.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -458,7 +459,9 @@ class PodWatch:
     is true and connections are retried with backoff.
     """
 
-    page_size = 500
+    # Small pages keep the transient JSON of a relist small (it also sets the
+    # process's high-water mark, which CPython rarely gives back).
+    page_size = 100
     # The server ends every watch after timeout_seconds (jittered, so that
     # many agents do not reconnect together); the client gives up on a
     # connection that stays silent longer than that plus read_slack (a watch
@@ -468,13 +471,13 @@ class PodWatch:
     connect_timeout_seconds = 5
     list_read_timeout_seconds = 60
 
-    def __init__(self, name: str, core_v1: Any, index: PodIndex, namer: WorkloadNamer, *,
+    def __init__(self, name: str, api: "KubeApi", index: PodIndex, namer: WorkloadNamer, *,
                  field_selector: str | None = None, backoff: Backoff | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.index = index
         self.field_selector = field_selector
-        self._core = core_v1
+        self._api = api
         self._namer = namer
         self._backoff = backoff or Backoff()
         self._clock = clock
@@ -543,10 +546,9 @@ class PodWatch:
         token: str | None = None
         while True:
             try:
-                page = self._read_json(self._core.list_pod_for_all_namespaces(
-                    field_selector=self.field_selector, limit=self.page_size,
-                    _continue=token, _preload_content=False,
-                    _request_timeout=(self.connect_timeout_seconds, self.list_read_timeout_seconds)))
+                page = self._api.list_pods(
+                    field_selector=self.field_selector, limit=self.page_size, continue_token=token,
+                    timeout=(self.connect_timeout_seconds, self.list_read_timeout_seconds))
             except Exception as exc:
                 if token is not None and _http_status(exc) == 410:
                     log.info("pod watch %s: list continuation expired, listing again", self.name)
@@ -577,11 +579,10 @@ class PodWatch:
         """One watch request from the current resourceVersion until the server ends it."""
         timeout = int(self.watch_timeout_seconds * random.uniform(0.8, 1.0))
         try:
-            response = self._core.list_pod_for_all_namespaces(
-                field_selector=self.field_selector, watch=True, allow_watch_bookmarks=True,
-                resource_version=self.resource_version, timeout_seconds=timeout,
-                _preload_content=False,
-                _request_timeout=(self.connect_timeout_seconds, timeout + self.read_slack_seconds))
+            response = self._api.watch_pods(
+                field_selector=self.field_selector, resource_version=self.resource_version,
+                timeout_seconds=timeout,
+                timeout=(self.connect_timeout_seconds, timeout + self.read_slack_seconds))
         except Exception as exc:
             if _http_status(exc) == 410:
                 raise WatchExpired() from exc
@@ -628,13 +629,6 @@ class PodWatch:
             log.warning("pod watch %s: skipping malformed pod object: %s", self.name, exc)
             return None
 
-    @staticmethod
-    def _read_json(response: Any) -> dict:
-        try:
-            return json.loads(response.data)
-        finally:
-            response.release_conn()
-
     def _mark_reachable(self) -> None:
         self._backoff.reset()
         if self.stale:
@@ -678,6 +672,8 @@ def _http_status(exc: BaseException) -> int | None:
 
 
 def _short_error(exc: BaseException) -> str:
+    if isinstance(exc, ApiStatusError):
+        return str(exc)[:300]
     status = _http_status(exc)
     if status is not None:
         return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
@@ -707,13 +703,57 @@ def _api_client_from_config(kubeconfig: str | None) -> Any:
     return client.ApiClient(configuration)
 
 
-def _replicaset_owner_fetcher(apps_v1: Any) -> ReplicaSetOwnerFetch:
-    def fetch(namespace: str, name: str) -> Owner | None:
+class ApiStatusError(Exception):
+    """The API server answered with a non-2xx status."""
+
+    def __init__(self, status: int, reason: str, body: bytes = b""):
+        self.status, self.reason = status, reason
+        message = ""
         try:
-            response = apps_v1.read_namespaced_replica_set(
-                name, namespace, _preload_content=False, _request_timeout=(5, 10))
-        except Exception as exc:
-            if _http_status(exc) == 404:
+            message = json.loads(body).get("message", "")
+        except (ValueError, AttributeError):
+            pass
+        super().__init__(f"HTTP {status} {reason}" + (f": {message}" if message else ""))
+
+
+class KubeApi:
+    """The three reads the resolver makes, over the kubernetes client's settings.
+
+    The client's Configuration and connection pool carry the TLS, credentials
+    (including the in-cluster token refresh) and proxy of the kubeconfig or
+    service account. Its generated API classes are not used: importing
+    CoreV1Api and AppsV1Api costs about 20 MiB of model classes, and we read
+    raw JSON anyway.
+    """
+
+    def __init__(self, api_client: Any):
+        self._configuration = api_client.configuration
+        self._pool = api_client.rest_client.pool_manager
+        self._host = self._configuration.host.rstrip("/")
+
+    def list_pods(self, *, field_selector: str | None, limit: int, continue_token: str | None,
+                  timeout: tuple[float, float]) -> dict:
+        response = self._get("/api/v1/pods", {"fieldSelector": field_selector, "limit": limit,
+                                              "continue": continue_token}, timeout)
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def watch_pods(self, *, field_selector: str | None, resource_version: str | None,
+                   timeout_seconds: int, timeout: tuple[float, float]) -> Any:
+        """The open watch response (urllib3), to be streamed and released by the caller."""
+        return self._get("/api/v1/pods", {
+            "watch": "true", "allowWatchBookmarks": "true", "fieldSelector": field_selector,
+            "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds}, timeout)
+
+    def replicaset_owner(self, namespace: str, name: str) -> Owner | None:
+        path = (f"/apis/apps/v1/namespaces/{urllib.parse.quote(namespace, safe='')}"
+                f"/replicasets/{urllib.parse.quote(name, safe='')}")
+        try:
+            response = self._get(path, {}, (5, 10))
+        except ApiStatusError as exc:
+            if exc.status == 404:
                 raise ReplicaSetNotFound(f"{namespace}/{name}") from exc
             raise
         try:
@@ -721,7 +761,26 @@ def _replicaset_owner_fetcher(apps_v1: Any) -> ReplicaSetOwnerFetch:
         finally:
             response.release_conn()
         return _controller_owner(metadata.get("ownerReferences") or ())
-    return fetch
+
+    def _get(self, path: str, query: Mapping[str, Any], timeout: tuple[float, float]) -> Any:
+        import urllib3
+
+        headers = {"Accept": "application/json", "User-Agent": "netprobe-agent/resolver"}
+        for setting in self._configuration.auth_settings().values():  # refreshes tokens
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        params = {k: v for k, v in query.items() if v is not None}
+        url = self._host + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        response = self._pool.request(
+            "GET", url, headers=headers, preload_content=False, retries=False,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+        if not 200 <= response.status < 300:
+            try:
+                body = response.read()
+            finally:
+                response.release_conn()
+            raise ApiStatusError(response.status, response.reason or "", body)
+        return response
 
 
 class KubernetesResolver(Resolver):
@@ -750,18 +809,16 @@ class KubernetesResolver(Resolver):
             raise ResolverConfigError(
                 "kubernetes resolver: deleted_pod_grace_seconds must be a number >= 0, "
                 f"got {deleted_pod_grace_seconds!r}")
-        from kubernetes import client
-
         self.node_name = node_name
         self.peers = peers
         self.grace_seconds = float(deleted_pod_grace_seconds)
         self._api = api_client if api_client is not None else _api_client_from_config(kubeconfig)
-        core_v1 = client.CoreV1Api(self._api)
-        self.namer = WorkloadNamer(_replicaset_owner_fetcher(client.AppsV1Api(self._api)))
-        self.watches = [PodWatch("node", core_v1, PodIndex(self.grace_seconds), self.namer,
+        api = KubeApi(self._api)
+        self.namer = WorkloadNamer(api.replicaset_owner)
+        self.watches = [PodWatch("node", api, PodIndex(self.grace_seconds), self.namer,
                                  field_selector=f"spec.nodeName={node_name}")]
         if peers == "cluster":
-            self.watches.append(PodWatch("cluster", core_v1, PodIndex(self.grace_seconds), self.namer))
+            self.watches.append(PodWatch("cluster", api, PodIndex(self.grace_seconds), self.namer))
         self._stats_lock = threading.Lock()
         self._lookups = 0
         self._misses = 0

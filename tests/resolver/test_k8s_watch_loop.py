@@ -7,11 +7,10 @@ release_conn); everything above that is the real code.
 import json
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from node_agent.resolver.base import PodRef, normalize_ip
-from node_agent.resolver.kubernetes import (Backoff, PodIndex, PodWatch, WatchExpired, WorkloadNamer,
-                                            _response_lines)
+from node_agent.resolver.kubernetes import (ApiStatusError, Backoff, PodIndex, PodWatch, WatchExpired,
+                                            WorkloadNamer, _response_lines)
 
 
 class FakeResponse:
@@ -30,8 +29,8 @@ class FakeResponse:
         pass
 
 
-class ScriptedCore:
-    """Each list_pod_for_all_namespaces call plays the next step of the script.
+class ScriptedApi:
+    """Plays a script, one step per list_pods / watch_pods call (KubeApi's surface).
 
     A step is ("list", page dict), ("watch", [chunks]), (kind, exception), or
     (kind, callable(kwargs) -> one of those) to look at the loop's state at
@@ -44,19 +43,26 @@ class ScriptedCore:
         self.responses = []
         self.watch = None
 
-    def list_pod_for_all_namespaces(self, **kwargs):
-        self.calls.append(kwargs)
+    def list_pods(self, **kwargs):
+        return self._play("list", kwargs)
+
+    def watch_pods(self, **kwargs):
+        return self._play("watch", kwargs)
+
+    def _play(self, kind, kwargs):
+        self.calls.append(dict(kwargs, kind=kind))
         if not self.steps:
             self.watch.stop()
             raise ConnectionError("end of script")
-        kind, payload = self.steps.pop(0)
-        assert kind == ("watch" if kwargs.get("watch") else "list"), (kind, kwargs)
+        expected, payload = self.steps.pop(0)
+        assert kind == expected, (kind, expected, kwargs)
         if callable(payload):
             payload = payload(kwargs)
         if isinstance(payload, BaseException):
             raise payload
-        response = (FakeResponse(data=json.dumps(payload).encode()) if kind == "list"
-                    else FakeResponse(chunks=payload))
+        if kind == "list":
+            return json.loads(json.dumps(payload))
+        response = FakeResponse(chunks=payload)
         self.responses.append(response)
         return response
 
@@ -99,26 +105,25 @@ def resolved(watch, address):
 
 
 def test_relist_reads_every_page_and_remembers_the_resource_version(pod):
-    core = ScriptedCore(("list", page([pod("a", ips=["10.0.0.1"])], "10", cont="next-1")),
+    core = ScriptedApi(("list", page([pod("a", ips=["10.0.0.1"])], "10", cont="next-1")),
                         ("list", page([pod("b", ips=["10.0.0.2"])], "10")))
     watch = make_watch(core, selector="spec.nodeName=node-a")
     watch.relist()
-    assert [c.get("_continue") for c in core.calls] == [None, "next-1"]
+    assert [c["continue_token"] for c in core.calls] == [None, "next-1"]
     assert all(c["limit"] == PodWatch.page_size and c["field_selector"] == "spec.nodeName=node-a"
                for c in core.calls)
     assert (resolved(watch, "10.0.0.1"), resolved(watch, "10.0.0.2")) == ("a", "b")
     assert watch.resource_version == "10" and watch.synced.is_set() and watch.relists == 1
     assert watch.last_sync_time > 0
-    assert all(r.released for r in core.responses)
 
 
 def test_expired_continuation_starts_the_list_again(pod):
-    core = ScriptedCore(("list", page([pod("a", ips=["10.0.0.1"])], "10", cont="c")),
-                        ("list", ApiException(status=410, reason="Gone")),
+    core = ScriptedApi(("list", page([pod("a", ips=["10.0.0.1"])], "10", cont="c")),
+                        ("list", ApiStatusError(410, "Gone")),
                         ("list", page([pod("b", ips=["10.0.0.2"])], "12")))
     watch = make_watch(core)
     watch.relist()
-    assert [c.get("_continue") for c in core.calls] == [None, "c", None]
+    assert [c["continue_token"] for c in core.calls] == [None, "c", None]
     # Only the complete, consistent list counts: "a" was in the abandoned one.
     assert (resolved(watch, "10.0.0.1"), resolved(watch, "10.0.0.2")) == (None, "b")
     assert watch.resource_version == "12"
@@ -128,13 +133,13 @@ def test_watch_applies_events_resumes_from_the_last_version_and_sets_timeouts(po
     a = pod("a", ips=["10.0.0.1"], resource_version="11")
     moved = dict(a, status={"phase": "Running", "podIPs": [{"ip": "10.0.0.9"}]},
                  metadata=dict(a["metadata"], resourceVersion="12"))
-    core = ScriptedCore(("watch", stream(event("ADDED", a), event("MODIFIED", moved), bookmark("15"))))
+    core = ScriptedApi(("watch", stream(event("ADDED", a), event("MODIFIED", moved), bookmark("15"))))
     watch = make_watch(core)
     watch.resource_version = "10"
     watch.watch_once()
     call = core.calls[0]
-    assert call["resource_version"] == "10" and call["allow_watch_bookmarks"] is True
-    connect, read = call["_request_timeout"]
+    assert call["resource_version"] == "10"
+    connect, read = call["timeout"]
     assert 0 < call["timeout_seconds"] <= PodWatch.watch_timeout_seconds
     assert read > call["timeout_seconds"]   # a silent connection is given up, not waited on forever
     assert (resolved(watch, "10.0.0.1"), resolved(watch, "10.0.0.9")) == (None, "a")
@@ -144,7 +149,7 @@ def test_watch_applies_events_resumes_from_the_last_version_and_sets_timeouts(po
 
 def test_deleted_event_keeps_the_pod_for_the_grace(pod):
     a = pod("a", ips=["10.0.0.1"])
-    core = ScriptedCore(("watch", stream(event("ADDED", a), event("DELETED", a))))
+    core = ScriptedApi(("watch", stream(event("ADDED", a), event("DELETED", a))))
     watch = make_watch(core)
     watch.resource_version = "1"
     watch.watch_once()
@@ -153,7 +158,7 @@ def test_deleted_event_keeps_the_pod_for_the_grace(pod):
 
 
 def test_error_event_410_means_relist():
-    core = ScriptedCore(("watch", stream(gone())))
+    core = ScriptedApi(("watch", stream(gone())))
     watch = make_watch(core)
     watch.resource_version = "5"
     with pytest.raises(WatchExpired):
@@ -162,7 +167,7 @@ def test_error_event_410_means_relist():
 
 def test_malformed_pod_is_skipped_not_fatal(pod):
     broken = {"metadata": {"name": "no-uid", "resourceVersion": "3"}}
-    core = ScriptedCore(("watch", stream(event("ADDED", broken), event("ADDED", pod("ok", ips=["10.0.0.3"])))))
+    core = ScriptedApi(("watch", stream(event("ADDED", broken), event("ADDED", pod("ok", ips=["10.0.0.3"])))))
     watch = make_watch(core)
     watch.resource_version = "1"
     watch.watch_once()
@@ -182,10 +187,10 @@ def test_the_loop_through_expiry_and_an_outage(pod):
         return stream(event("ADDED", pod("c", ips=["10.0.0.3"], resource_version="31")))
 
     b = pod("b", ips=["10.0.0.2"], resource_version="11")
-    core = ScriptedCore(
+    core = ScriptedApi(
         ("list", page([pod("a", ips=["10.0.0.1"])], "10")),
         ("watch", stream(event("ADDED", b))),
-        ("watch", ApiException(status=410, reason="Gone")),       # resourceVersion 11 too old
+        ("watch", ApiStatusError(410, "Gone")),       # resourceVersion 11 too old
         ("list", page([b], "30")),
         ("watch", ConnectionRefusedError("connection refused")),  # API server down
         ("watch", while_down),
@@ -194,7 +199,7 @@ def test_the_loop_through_expiry_and_an_outage(pod):
     watch = make_watch(core)
     watch.run()
     assert seen == {"stale_during_outage": True, "still_served_during_outage": "b", "resumed_from": "30"}
-    assert [c.get("watch", False) for c in core.calls[:4]] == [False, True, True, False]
+    assert [c["kind"] for c in core.calls[:4]] == ["list", "watch", "watch", "list"]
     assert core.calls[4]["resource_version"] == "30"
     assert not watch.stale
     assert resolved(watch, "10.0.0.3") == "c"
@@ -207,7 +212,7 @@ def test_the_loop_through_expiry_and_an_outage(pod):
 
 
 def test_forbidden_is_logged_as_missing_rbac(caplog):
-    core = ScriptedCore(("list", ApiException(status=403, reason="Forbidden")))
+    core = ScriptedApi(("list", ApiStatusError(403, "Forbidden")))
     watch = make_watch(core)
     watch.run()
     assert watch.stale and not watch.synced.is_set()

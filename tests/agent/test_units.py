@@ -214,3 +214,11 @@ def test_config_builds_the_kubernetes_resolver(tmp_path):
     resolver = make_resolver(config)        # constructed, not started: no API call
     assert isinstance(resolver, KubernetesResolver)
     assert (resolver.node_name, resolver.peers, resolver.grace_seconds) == ("node-1", "node", 5.0)
+
+
+def test_the_config_doc_lists_every_option_of_every_program():
+    import pathlib
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "agent-config.md").read_text()
+    for spec in CATALOGUE.values():
+        for option in spec.options:
+            assert f"`{option.name}`" in doc, f"{spec.name}.{option.name} undocumented"

@@ -34,12 +34,11 @@ def ip(text):
 def core(kube_api):
     api = client.CoreV1Api(kube_api)
     for name, address in ((NODE_A, NODE_A_IP), (NODE_B, NODE_B_IP)):
-        try:
-            register_node(api, name, internal_ip=address)
-        except ApiException as exc:
-            if exc.status != 409:  # already there from an earlier module of this session
-                raise
-    return api
+        register_node(api, name, internal_ip=address)
+    yield api
+    # The control plane is shared by the session: other tests count Nodes (DaemonSets).
+    for name in (NODE_A, NODE_B):
+        api.delete_node(name)
 
 
 @pytest.fixture

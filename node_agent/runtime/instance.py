@@ -33,7 +33,9 @@ class ProgramError(Exception):
 
 @contextmanager
 def _captured_stderr():
-    """Collect what libbcc/clang/the verifier print on fd 2, for the error message."""
+    """Collect what libbcc/clang/the verifier print on fd 2, for the error
+    message. Whatever was written meanwhile (also other threads' log lines)
+    is passed on to the real stderr afterwards, so nothing is lost."""
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
@@ -44,7 +46,10 @@ def _captured_stderr():
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            out.append(tmp.read().decode(errors="replace"))
+            raw = tmp.read()
+            if raw:
+                os.write(2, raw)
+            out.append(raw.decode(errors="replace"))
 
 
 def _tail(text: str, lines: int = 12) -> str:

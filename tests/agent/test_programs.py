@@ -180,16 +180,17 @@ def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, famil
     assert after.value("netprobe_rx_latency_seconds_count", **pod_labels("c")) == 0
 
 
-def test_retransmits_carry_the_lossy_pair_labels_and_the_clean_pair_has_none(lab, agent):
-    port = 7060
+@pytest.mark.parametrize("family", FAMILIES)
+def test_retransmits_carry_the_lossy_pair_labels_and_the_clean_pair_has_none(lab, agent, family):
+    port = 7060 + FAMILIES.index(family)
     lab.serve_tcp("b", port)
     lossy = pod_labels("a", "b")
     clean = pod_labels("c", "b")
     before = agent.scrape()
-    lab.add_random_drop("b", 20, from_ip=lab.pods["a"].ip4)
+    lab.add_random_drop("b", 20, from_ip=ip(lab, "a", family))
     try:
-        lab.connect_many("a", lab.pods["b"].ip4, port, 20, payload=b"L" * 1000, timeout=30)
-        assert lab.connect_many("c", lab.pods["b"].ip4, port, 20, payload=b"C" * 1000) == 20
+        lab.connect_many("a", ip(lab, "b", family), port, 20, payload=b"L" * 1000, timeout=30)
+        assert lab.connect_many("c", ip(lab, "b", family), port, 20, payload=b"C" * 1000) == 20
     finally:
         lab.clear_drops("b")
     after = agent.scrape()
@@ -197,6 +198,7 @@ def test_retransmits_carry_the_lossy_pair_labels_and_the_clean_pair_has_none(lab
         before.value("netprobe_tcp_retransmits_total", **lossy) > 0
     assert after.value("netprobe_tcp_retransmits_total", **clean) == 0
     assert after.value("netprobe_tcp_retransmits_total", namespace="shop", pod="web-1") == 0
+    assert after.value("netprobe_tcp_retransmits_total", peer_namespace="shop", peer_pod="web-1") == 0
 
 
 def test_self_metrics_describe_maps_and_the_agent(agent):
@@ -209,3 +211,17 @@ def test_self_metrics_describe_maps_and_the_agent(agent):
     assert s.all("netprobe_agent_info")[0].labels["headers"]
     assert s.value("netprobe_agent_scrape_duration_seconds") > 0
     assert s.value("netprobe_program_up") == 4
+
+
+def test_reading_never_resets_counters(agent):
+    """Two scrapers (two Prometheus replicas) must see the same counters."""
+    first, second = agent.scrape(), agent.scrape()
+    for name in ("netprobe_tcp_connections_opened_total", "netprobe_tcp_rtt_seconds_count",
+                 "netprobe_rx_latency_seconds_count"):
+        ours = dict(namespace="shop", pod="cart-7")
+        assert first.value(name, **ours) > 0
+        assert second.value(name, **ours) >= first.value(name, **ours)
+    # Nothing of this lab moved in between, so its connection counts are equal.
+    labels = dict(pod_labels("a", "b"), direction="outbound")
+    assert second.value("netprobe_tcp_connections_opened_total", **labels) == \
+        first.value("netprobe_tcp_connections_opened_total", **labels)

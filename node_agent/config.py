@@ -137,9 +137,9 @@ def _programs(value: Any) -> dict[str, dict[str, Any]]:
         options = spec.defaults()
         for key, val in given.items():
             try:
-                options[key] = spec.option(key).validate(val, f"{where}.{key}")
+                options[key] = spec.option(key).validate(val)
             except ValueError as e:
-                raise ConfigError(f"{where}.{key}", str(e).split(": ", 1)[1]) from None
+                raise ConfigError(f"{where}.{key}", str(e)) from None
         programs[name] = options
     return programs
 

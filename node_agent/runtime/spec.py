@@ -26,8 +26,8 @@ class Option:
     define: str | None = None       # C macro that receives the value
     to_c: Callable[[Any], str] | None = None   # value -> C literal (default: str)
 
-    def validate(self, value: Any, where: str) -> Any:
-        """The checked value, or ValueError naming `where`."""
+    def validate(self, value: Any) -> Any:
+        """The checked value, or ValueError saying what is wrong with it."""
         t = self.type
         if t is bool:
             ok = isinstance(value, bool)
@@ -39,13 +39,13 @@ class Option:
         else:
             ok = isinstance(value, t)
         if not ok:
-            raise ValueError(f"{where}: expected {t.__name__}, got {type(value).__name__} {value!r}")
+            raise ValueError(f"expected {t.__name__}, got {type(value).__name__} {value!r}")
         if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{where}: must be one of {', '.join(self.choices)}, got {value!r}")
+            raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
         if self.min is not None and value < self.min:
-            raise ValueError(f"{where}: must be >= {self.min}, got {value!r}")
+            raise ValueError(f"must be >= {self.min}, got {value!r}")
         if self.max is not None and value > self.max:
-            raise ValueError(f"{where}: must be <= {self.max}, got {value!r}")
+            raise ValueError(f"must be <= {self.max}, got {value!r}")
         return value
 
     def c_literal(self, value: Any) -> str:

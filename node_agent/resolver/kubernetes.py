@@ -8,6 +8,8 @@ Layers, bottom up, so each can be tested on its own:
                     through one cached GET of the ReplicaSet; the others by name).
   PodIndex          address -> pod, with the deletion grace period and IP reuse
                     rules; pure bookkeeping, fed by events, no I/O.
+  KubeApi           the three GETs (list pods, watch pods, read a ReplicaSet) as raw
+                    JSON over the kubernetes client's configured connection pool.
   PodWatch          one paginated list + resumable watch against the API server
                     feeding one PodIndex from its own thread; reconnects, relists
                     on 410 Gone, backs off while the server is unreachable.
@@ -18,10 +20,11 @@ Lookups (the scrape path) only read the indexes. Every API call happens in a
 watch thread.
 
 Memory: the cache keeps, per pod with an address, a PodRef, the name strings,
-the parsed addresses and three dictionary slots: about 0.6 KiB per pod in
-CPython 3.11 (see docs/resolver.md and bench/resolver_memory.py for the
-measured figure), so a cluster-wide watch of 5,000 pods costs a few MiB of
-cache. Lists are read in pages of 100 so that the transient JSON of a relist
+the parsed addresses and three dictionary slots: about 0.6 KiB of Python
+objects per pod in CPython 3.11. Measured as process RSS against a real API
+server (bench/resolver_memory.py): a cluster-wide watch of 5,000 pods adds
+7.2 MiB, about 1.5 KiB per pod (allocator arenas left partly used by the list
+pages). Lists are read in pages of 100 so that the transient JSON of a relist
 stays bounded whatever the cluster size.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
+import urllib3
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .base import IPAddress, PodRef, Resolver, normalize_ip
@@ -420,6 +424,88 @@ class PodIndex:
 
 
 # --------------------------------------------------------------------------
+# The API reads
+# --------------------------------------------------------------------------
+
+class ApiStatusError(Exception):
+    """The API server answered with a non-2xx status."""
+
+    def __init__(self, status: int, reason: str, body: bytes = b""):
+        self.status, self.reason = status, reason
+        message = ""
+        try:
+            message = json.loads(body).get("message", "")
+        except (ValueError, AttributeError):
+            pass
+        super().__init__(f"HTTP {status} {reason}" + (f": {message}" if message else ""))
+
+
+class KubeApi:
+    """The three reads the resolver makes, over the kubernetes client's settings.
+
+    The client's Configuration and connection pool carry the TLS, credentials
+    (including the in-cluster token refresh) and proxy of the kubeconfig or
+    service account. Its generated API classes are not used: importing
+    CoreV1Api and AppsV1Api costs about 20 MiB of model classes, and we read
+    raw JSON anyway.
+    """
+
+    def __init__(self, api_client: Any):
+        self._configuration = api_client.configuration
+        self._pool = api_client.rest_client.pool_manager
+        self._host = self._configuration.host.rstrip("/")
+
+    def list_pods(self, *, field_selector: str | None, limit: int, continue_token: str | None,
+                  timeout: tuple[float, float]) -> dict:
+        response = self._get("/api/v1/pods", {"fieldSelector": field_selector, "limit": limit,
+                                              "continue": continue_token}, timeout)
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    def watch_pods(self, *, field_selector: str | None, resource_version: str | None,
+                   timeout_seconds: int, timeout: tuple[float, float]) -> Any:
+        """The open watch response (urllib3), to be streamed and released by the caller."""
+        return self._get("/api/v1/pods", {
+            "watch": "true", "allowWatchBookmarks": "true", "fieldSelector": field_selector,
+            "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds}, timeout)
+
+    def replicaset_owner(self, namespace: str, name: str) -> Owner | None:
+        path = (f"/apis/apps/v1/namespaces/{urllib.parse.quote(namespace, safe='')}"
+                f"/replicasets/{urllib.parse.quote(name, safe='')}")
+        try:
+            response = self._get(path, {}, (5, 10))
+        except ApiStatusError as exc:
+            if exc.status == 404:
+                raise ReplicaSetNotFound(f"{namespace}/{name}") from exc
+            raise
+        try:
+            metadata = json.loads(response.data).get("metadata") or {}
+        finally:
+            response.release_conn()
+        return _controller_owner(metadata.get("ownerReferences") or ())
+
+    def _get(self, path: str, query: Mapping[str, Any], timeout: tuple[float, float]) -> Any:
+        headers = {"Accept": "application/json", "User-Agent": "netprobe-agent/resolver"}
+        for setting in self._configuration.auth_settings().values():  # refreshes tokens
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[setting["key"]] = setting["value"]
+        params = {k: v for k, v in query.items() if v is not None}
+        url = self._host + path + ("?" + urllib.parse.urlencode(params) if params else "")
+        response = self._pool.request(
+            "GET", url, headers=headers, preload_content=False, retries=False,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+        if not 200 <= response.status < 300:
+            try:
+                body = response.read()
+            finally:
+                response.release_conn()
+            raise ApiStatusError(response.status, response.reason or "", body)
+        return response
+
+
+# --------------------------------------------------------------------------
 # One list + watch loop against the API server
 # --------------------------------------------------------------------------
 
@@ -429,6 +515,11 @@ class WatchExpired(Exception):
 
 class WatchError(Exception):
     """The server sent an ERROR event other than 410."""
+
+
+# What talking to an API server can raise (connection refused or reset,
+# timeouts, HTTP errors, a truncated or garbled body).
+_API_FAILURES = (OSError, urllib3.exceptions.HTTPError, ApiStatusError, WatchError, ValueError)
 
 
 class Backoff:
@@ -640,7 +731,10 @@ class PodWatch:
 
     def _mark_unreachable(self, exc: BaseException) -> None:
         status = _http_status(exc)
-        if status in (401, 403):
+        if not isinstance(exc, _API_FAILURES):
+            # A bug, not the network: say so loudly, but keep serving and retrying.
+            log.error("pod watch %s: unexpected failure, retrying", self.name, exc_info=exc)
+        elif status in (401, 403):
             log.error("pod watch %s: the API server refuses us (%s); the agent needs list "
                       "and watch on pods (see docs/resolver.md): %s",
                       self.name, status, _short_error(exc))
@@ -703,93 +797,14 @@ def _api_client_from_config(kubeconfig: str | None) -> Any:
     return client.ApiClient(configuration)
 
 
-class ApiStatusError(Exception):
-    """The API server answered with a non-2xx status."""
-
-    def __init__(self, status: int, reason: str, body: bytes = b""):
-        self.status, self.reason = status, reason
-        message = ""
-        try:
-            message = json.loads(body).get("message", "")
-        except (ValueError, AttributeError):
-            pass
-        super().__init__(f"HTTP {status} {reason}" + (f": {message}" if message else ""))
-
-
-class KubeApi:
-    """The three reads the resolver makes, over the kubernetes client's settings.
-
-    The client's Configuration and connection pool carry the TLS, credentials
-    (including the in-cluster token refresh) and proxy of the kubeconfig or
-    service account. Its generated API classes are not used: importing
-    CoreV1Api and AppsV1Api costs about 20 MiB of model classes, and we read
-    raw JSON anyway.
-    """
-
-    def __init__(self, api_client: Any):
-        self._configuration = api_client.configuration
-        self._pool = api_client.rest_client.pool_manager
-        self._host = self._configuration.host.rstrip("/")
-
-    def list_pods(self, *, field_selector: str | None, limit: int, continue_token: str | None,
-                  timeout: tuple[float, float]) -> dict:
-        response = self._get("/api/v1/pods", {"fieldSelector": field_selector, "limit": limit,
-                                              "continue": continue_token}, timeout)
-        try:
-            return json.loads(response.data)
-        finally:
-            response.release_conn()
-
-    def watch_pods(self, *, field_selector: str | None, resource_version: str | None,
-                   timeout_seconds: int, timeout: tuple[float, float]) -> Any:
-        """The open watch response (urllib3), to be streamed and released by the caller."""
-        return self._get("/api/v1/pods", {
-            "watch": "true", "allowWatchBookmarks": "true", "fieldSelector": field_selector,
-            "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds}, timeout)
-
-    def replicaset_owner(self, namespace: str, name: str) -> Owner | None:
-        path = (f"/apis/apps/v1/namespaces/{urllib.parse.quote(namespace, safe='')}"
-                f"/replicasets/{urllib.parse.quote(name, safe='')}")
-        try:
-            response = self._get(path, {}, (5, 10))
-        except ApiStatusError as exc:
-            if exc.status == 404:
-                raise ReplicaSetNotFound(f"{namespace}/{name}") from exc
-            raise
-        try:
-            metadata = json.loads(response.data).get("metadata") or {}
-        finally:
-            response.release_conn()
-        return _controller_owner(metadata.get("ownerReferences") or ())
-
-    def _get(self, path: str, query: Mapping[str, Any], timeout: tuple[float, float]) -> Any:
-        import urllib3
-
-        headers = {"Accept": "application/json", "User-Agent": "netprobe-agent/resolver"}
-        for setting in self._configuration.auth_settings().values():  # refreshes tokens
-            if setting.get("in") == "header" and setting.get("value"):
-                headers[setting["key"]] = setting["value"]
-        params = {k: v for k, v in query.items() if v is not None}
-        url = self._host + path + ("?" + urllib.parse.urlencode(params) if params else "")
-        response = self._pool.request(
-            "GET", url, headers=headers, preload_content=False, retries=False,
-            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
-        if not 200 <= response.status < 300:
-            try:
-                body = response.read()
-            finally:
-                response.release_conn()
-            raise ApiStatusError(response.status, response.reason or "", body)
-        return response
-
-
 class KubernetesResolver(Resolver):
     """Pods by address from the API server, for the agent's labels.
 
     Always watches the pods on `node_name` (a server-side field selector on
     spec.nodeName): the local side of every socket. With peers="cluster" it
     also watches every pod in the cluster, so peers get namespace/pod labels;
-    that costs about 0.6 KiB of cache per pod (docs/resolver.md). With
+    that costs about 1.5 KiB of resident memory per pod (measured with 5,000
+    pods, docs/resolver.md). With
     peers="node" a peer on another node is an address no pod owns.
 
     Host-network pods are not indexed: they share the node's address, which

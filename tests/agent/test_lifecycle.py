@@ -3,6 +3,7 @@ strategies fall back, the config hot-reloads (and refuses bad changes),
 shutdown leaves nothing in the kernel, and it runs without CAP_SYS_ADMIN."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -151,3 +152,39 @@ def test_runs_with_only_the_daemonset_capabilities(lab, pods_file, tmp_path):
         assert_counts_connections(lab, agent, 7103)
     finally:
         assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("body,stage,says", [
+    ("int np_broken(void *ctx) { return undeclared_thing; }", "compile", "undeclared_thing"),
+    ("int np_broken(void *ctx) { *(volatile u64 *)ctx = 1; return 0; }", "load",
+     "invalid bpf_context access"),
+    # Reads beyond the tracepoint's record: the verifier allows it, the kernel
+    # refuses to attach it to an event with a smaller record.
+    ("int np_broken(void *ctx) { return *(volatile u64 *)((char *)ctx + 2000); }", "attach",
+     "Permission denied"),
+])
+def test_each_stage_reports_its_own_failure(tmp_path, monkeypatch, body, stage, says):
+    """A program that does not compile, that the verifier refuses, or that the
+    kernel will not attach fails at that stage, with the compiler's, the
+    verifier's or the kernel's words in the message, and nothing stays loaded."""
+    need_root()
+    from node_agent.runtime import instance
+    from node_agent.runtime.spec import Attach, ProgramSpec, Strategy, max_entries_option
+
+    (tmp_path / "broken.c").write_text('#include "netprobe.h"\n' + body + "\n")
+    (tmp_path / "netprobe.h").write_text((instance.BPF_DIR / "netprobe.h").read_text())
+    monkeypatch.setattr(instance, "BPF_DIR", tmp_path)
+    spec = ProgramSpec(name="broken", source="broken.c", summary="", options=(max_entries_option(128),),
+                       strategies=(Strategy("tracepoint", (Attach("tracepoint", "tcp:tcp_probe", "np_broken"),)),),
+                       metrics=())
+    inst = instance.ProgramInstance(spec, spec.defaults(), KernelFeatures())
+    held_before = bpf_objects_of(os.getpid())
+    try:
+        with pytest.raises(instance.ProgramError) as e:
+            inst.start()
+    finally:
+        inst.stop()
+    assert e.value.stage == stage, e.value.message
+    assert says in e.value.message
+    assert inst.bpf is None
+    assert bpf_objects_of(os.getpid()) == held_before, "a failed attempt left programs or maps open"

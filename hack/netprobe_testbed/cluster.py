@@ -650,12 +650,21 @@ Ctrl-C here (or `make cluster-down`) stops it and deletes {control_plane.workdir
                 break
             time.sleep(1)
     finally:
-        print("stopping the control plane ...", flush=True)
+        _say("stopping the control plane ...")
         control_plane.stop()
         if (_read_state() or {}).get("pid") == os.getpid():
             STATE_FILE.unlink(missing_ok=True)
-    print("stopped")
+    _say("stopped")
     return status
+
+
+def _say(message: str) -> None:
+    """Print, unless stdout is gone (`make cluster-up | tee log` after Ctrl-C): the
+    clean-up must happen anyway."""
+    try:
+        print(message, flush=True)
+    except OSError:
+        pass
 
 
 def _cmd_down(_args: argparse.Namespace) -> int:

@@ -668,7 +668,7 @@ class PodWatch:
 
     def watch_once(self) -> None:
         """One watch request from the current resourceVersion until the server ends it."""
-        timeout = int(self.watch_timeout_seconds * random.uniform(0.8, 1.0))
+        timeout = max(1, round(self.watch_timeout_seconds * random.uniform(0.8, 1.0)))
         try:
             response = self._api.watch_pods(
                 field_selector=self.field_selector, resource_version=self.resource_version,

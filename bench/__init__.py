@@ -3,7 +3,7 @@
 `make bench` (= `python -m bench` from the repository root) runs, each in its own
 lab of network-namespace pods and with its own agent process:
 
-    kernel_cost      ns per event of every BPF program (kernel.bpf_stats_enabled)
+    kernel_cost      ns per event of every BPF program (the kernel's BPF run-time stats)
     veth_overhead    TCP stream throughput (iperf3) and request/response rate
                      (sockperf ping-pong) with the agent off vs on, interleaved
     agent_resources  agent RSS after start and at steady state; agent CPU time

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
                         help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--seconds", type=float, default=5, help="length of each measurement (default 5)")
-    parser.add_argument("--reps", type=int, default=2,
-                        help="off/on repetitions of veth_overhead (default 2: off, on, off, on)")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="off/on repetitions of veth_overhead (default 3: off, on, off, on, off, on)")
     parser.add_argument("--markdown", action="store_true", help="print the final table as Markdown")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]

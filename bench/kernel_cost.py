@@ -1,8 +1,13 @@
 """Per-program kernel cost: ns per event, from the kernel's own BPF run-time statistics.
 
-With kernel.bpf_stats_enabled=1 the kernel adds, for every BPF program, the
-time each run took (run_time_ns) and the number of runs (run_cnt); bpftool
-shows both. The agent's programs are found through the agent process's file
+While run-time statistics are on (kernel.bpf_stats_enabled) the kernel adds,
+for every BPF program, the time each run took (run_time_ns) and the number of
+runs (run_cnt); bpftool shows both. They are switched on with the bpf()
+command BPF_ENABLE_STATS rather than by writing the sysctl: the command's file
+descriptor holds them on for as long as this process keeps it, whatever
+anyone else does to the sysctl meanwhile (a save-and-restore of the sysctl by
+two users at once switches it off under one of them), and closing it leaves
+the sysctl as it was. The agent's programs are found through the agent process's file
 descriptors (/proc/<pid>/fdinfo prog_id), named by the BPF C function they run,
 and attributed to their catalogue program and hook by the agent's own program
 specs (node_agent.programs.CATALOGUE). The cost is the delta over a traffic window, divided by the
@@ -19,9 +24,11 @@ changes, resets), and a pair with 20 % random loss (retransmits).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import platform
 import re
 import subprocess
 import time
@@ -34,20 +41,30 @@ from netprobe_testbed.netns import Lab
 
 NAME = "kernel_cost"
 TARGET_NS = 100
-STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 ECHO_PORT = 8080
 KERNEL_NAME_LEN = 15  # BPF_OBJ_NAME_LEN - 1: the kernel keeps this much of a program's name
 
 
+SYS_BPF = 321             # x86_64
+BPF_ENABLE_STATS = 32     # enum bpf_cmd
+BPF_STATS_RUN_TIME = 0    # enum bpf_stats_type
+
+
 @contextmanager
 def bpf_stats_enabled():
-    """kernel.bpf_stats_enabled=1 for the block, then the value it had before."""
-    before = STATS_SYSCTL.read_text().strip()
-    STATS_SYSCTL.write_text("1")
+    """BPF run-time statistics on for the block (reference-counted by the kernel)."""
+    if platform.machine() != "x86_64":
+        raise RuntimeError("bpf() syscall number known for x86_64 only")
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.c_uint32(BPF_STATS_RUN_TIME)  # union bpf_attr { struct { __u32 type; } enable_stats; }
+    fd = libc.syscall(SYS_BPF, BPF_ENABLE_STATS, ctypes.byref(attr), ctypes.sizeof(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise RuntimeError(f"BPF_ENABLE_STATS failed: {os.strerror(err)} (needs CAP_SYS_ADMIN, Linux >= 5.8)")
     try:
         yield
     finally:
-        STATS_SYSCTL.write_text(before)
+        os.close(fd)
 
 
 def functions_by_program() -> dict[str, str]:

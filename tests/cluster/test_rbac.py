@@ -1,10 +1,12 @@
 """RBAC is enforced: a ServiceAccount has exactly the rights bound to it."""
+import json
 import uuid
 
 import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from netprobe_testbed.cluster import ControlPlaneError
 from netprobe_testbed.kube import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -40,6 +42,10 @@ def _list_configmaps_status(kubeconfig, namespace):
 def test_unbound_service_account_is_forbidden(control_plane, namespace, service_account,
                                               sa_kubeconfig):
     kubeconfig = sa_kubeconfig(namespace, service_account)
+    whoami = json.loads(control_plane.kubectl("auth", "whoami", "-o", "json",
+                                              kubeconfig=kubeconfig).stdout)
+    assert whoami["status"]["userInfo"]["username"] == \
+        f"system:serviceaccount:{namespace}:{service_account}"
     assert _list_configmaps_status(kubeconfig, namespace) == 403
     result = control_plane.kubectl("get", "configmaps", "-n", namespace,
                                    kubeconfig=kubeconfig, check=False)
@@ -76,3 +82,8 @@ def test_role_binding_grants_exactly_its_verbs(control_plane, kube_api, namespac
                  ("get", "configmaps", "-n", "default")):
         refused = control_plane.kubectl(*args, kubeconfig=kubeconfig, check=False)
         assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), args
+
+
+def test_token_for_a_missing_service_account_is_a_clear_error(control_plane, namespace):
+    with pytest.raises(ControlPlaneError, match=f"{namespace}/nobody failed \\(404\\)"):
+        control_plane.token_for(namespace, "nobody")

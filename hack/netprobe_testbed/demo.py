@@ -375,7 +375,8 @@ def render_summary(now: dict[tuple[str, str], PodFigures],
         rate = "-"
         if before is not None and key in before and interval > 0:
             rate = f"{(fig.opened - before[key].opened) / interval:.1f}"
-        name = f"{key[0]}/{key[1]}" if key[0] else key[1]
+        # unknown addresses come as namespace=pod=host (or external): show that once
+        name = key[1] if key[0] in ("", key[1]) else f"{key[0]}/{key[1]}"
         rows.append((name, rate, f"{fig.opened_out:.0f}/{fig.opened_in:.0f}", f"{fig.active:.0f}",
                      f"{fig.closed:.0f}", f"{fig.retransmits:.0f}", f"{fig.resets:.0f}",
                      _quantiles(fig.rtt), _quantiles(fig.rx_latency)))

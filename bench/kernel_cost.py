@@ -159,21 +159,24 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
             if not ids:
                 raise RuntimeError("the agent holds no BPF program file descriptors")
             references = load_reference_programs()
-            reference_ids = prog_ids_of(os.getpid())
-            ids |= reference_ids
-            before = prog_stats(ids)
-            started = time.monotonic()
-            background = [
-                start_short_connections(client, server.ip4, ECHO_PORT, refused_every=10),
-                start_short_connections(client, lossy.ip4, ECHO_PORT, size=16384),
-            ]
-            log(f"traffic for {seconds:g}s: iperf3 stream, short connections (10 % refused), 20 % lossy pair")
-            client.run(iperf3_client_argv(server.ip4, seconds), timeout=seconds + 60)
-            after = prog_stats(ids)
-            window = time.monotonic() - started
-            for proc in background:
-                proc.kill()
-            references.cleanup()
+            try:
+                reference_ids = prog_ids_of(os.getpid())
+                ids |= reference_ids
+                before = prog_stats(ids)
+                started = time.monotonic()
+                background = [
+                    start_short_connections(client, server.ip4, ECHO_PORT, refused_every=10),
+                    start_short_connections(client, lossy.ip4, ECHO_PORT, size=16384),
+                ]
+                log(f"traffic for {seconds:g}s: iperf3 stream, short connections (10 % refused), "
+                    "20 % lossy pair")
+                client.run(iperf3_client_argv(server.ip4, seconds), timeout=seconds + 60)
+                after = prog_stats(ids)
+                window = time.monotonic() - started
+                for proc in background:
+                    proc.kill()
+            finally:
+                references.cleanup()
 
     agent_figures, reference_figures = [], []
     for prog_id, rec in after.items():

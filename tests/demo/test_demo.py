@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,11 @@ def test_ctrl_c_stops_the_agent_and_removes_everything():
                 break
         else:
             pytest.fail(f"the demo ended before its first summary:\n{''.join(seen)}{proc.stderr.read()}")
+        # while it runs, /metrics is there for anyone (Prometheus, curl) with the demo's pods
+        url = re.search(r"^metrics: (\S+)", "".join(seen), flags=re.M).group(1)
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            exposition = resp.read().decode()
+        assert re.search(r'^netprobe_tcp_connections_opened_total\{[^}]*pod="web-1"', exposition, flags=re.M)
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=120)
     finally:

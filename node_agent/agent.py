@@ -25,6 +25,7 @@ from node_agent.logs import setup_logging
 from node_agent.metrics.collector import AgentCollector, AgentState
 from node_agent.resolver.factory import make_resolver
 from node_agent.runtime.manager import ProgramManager
+from node_agent.runtime.memory import release_compiler_memory
 from node_agent.server import serve
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Agent:
         log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz"}})
         self.state.configured = dict(self.config.programs)
         self.manager.apply(self.config.programs)
+        release_compiler_memory()
         self._started = True
         loaded = {i.name: i.attach for i in self.manager.running()}
         log.info("agent ready", extra={"kv": {"programs": ",".join(f"{n}:{a}" for n, a in loaded.items()) or "none",
@@ -143,6 +145,7 @@ class Agent:
         self._apply_labels(new)
         self.state.configured = dict(new.programs)
         self.manager.apply(new.programs)
+        release_compiler_memory()
         self.config = new
         self.state.config_reloads += 1
         log.info("config applied", extra={"kv": {"file": self.config_path,

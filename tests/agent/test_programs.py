@@ -160,7 +160,7 @@ def test_rtt_histogram_has_positive_sane_sums(lab, agent, family):
 def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, family):
     """Each connection carries one 64-byte request to b and one echo back to a:
     one data packet delivered to a reader on each side, so the histograms of
-    both pods rise by exactly n (packets without payload are never read)."""
+    both pods rise by n (packets without payload are never read)."""
     n = 20
     port = 7050 + FAMILIES.index(family)
     lab.serve_tcp("b", port)
@@ -173,7 +173,11 @@ def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, famil
             before.value("netprobe_rx_latency_seconds_count", **labels)
         total = after.value("netprobe_rx_latency_seconds_sum", **labels) - \
             before.value("netprobe_rx_latency_seconds_sum", **labels)
-        assert count == n, labels
+        # Exactly n, unless another packet took a start slot first: such a
+        # loss is never silent, it is counted as an unmatched end.
+        unmatched = after.value("netprobe_program_discarded_events_total", reason="unmatched") - \
+            before.value("netprobe_program_discarded_events_total", reason="unmatched")
+        assert n - unmatched <= count <= n, labels
         assert 0 < total / count < 1.0
         inf = after.value("netprobe_rx_latency_seconds_bucket", le="+Inf", **labels)
         assert inf == after.value("netprobe_rx_latency_seconds_count", **labels)

@@ -110,10 +110,16 @@ fi
 mv "$staging/server" "$staging/etcd"
 for b in "${binaries[@]}"; do [ -x "$staging/$b" ] || die "build produced no $b"; done
 
+# Publish atomically: a concurrent build of the same key may have finished first, in
+# which case its (identical) binaries stay and ours are dropped by the EXIT trap.
 mkdir -p "$cache_dir"
-rm -rf "$cache_bin"
-mv "$staging" "$cache_bin"
-trap - EXIT
+if mv -T "$staging" "$cache_bin" 2>/dev/null; then
+    trap - EXIT
+else
+    say "another build of the same key finished first; keeping its binaries"
+fi
+# Keep the cache bounded (~340 MiB a key): this key and the previous one.
+ls -1dt "$cache_root"/controlplane/*/ | tail -n +3 | xargs -r rm -rf
 say "built in $(( SECONDS - start ))s:"
 (cd "$cache_bin" && ls -l "${binaries[@]}" | awk '{printf "[controlplane]   %-24s %4d MiB\n", $9, $5/1048576}')
 link_into_repo

@@ -1,6 +1,7 @@
 """What every benchmark needs: an agent to run, its process figures, a place for results."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -60,6 +61,20 @@ def running_agent(workdir: Path, resolver_file: Path, tag: str, programs=ALL_PRO
         yield agent
     finally:
         agent.stop()
+
+
+# Program types that sit on the paths these benchmarks load (packets, TCP events).
+PATH_PROGRAM_TYPES = {"tracepoint", "raw_tracepoint", "kprobe", "tracing", "sched_cls", "xdp", "socket_filter"}
+
+
+def bpf_programs_on_path(exclude: set[int] = frozenset()) -> int:
+    """How many BPF programs of those types are loaded, besides `exclude` (ids).
+
+    Other engineers' tests load agents too; their programs cost the same on the
+    "off" and the "on" side, but a reader of the figures should know they were there.
+    """
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True)
+    return sum(1 for p in json.loads(out.stdout) if p.get("type") in PATH_PROGRAM_TYPES and p["id"] not in exclude)
 
 
 def process_cpu_seconds(pid: int) -> tuple[float, float]:

@@ -14,7 +14,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench.common import Figure, log, running_agent, spread
+from bench.common import Figure, bpf_programs_on_path, log, running_agent, spread
+from bench.kernel_cost import prog_ids_of
 from bench.traffic import (iperf3_bits_per_second, sockperf_pingpong, start_iperf3_server,
                            start_sockperf_server)
 from netprobe_testbed.netns import Lab
@@ -27,6 +28,7 @@ SETTLE_SECONDS = 2  # after the agent is ready: let its start-up CPU burst pass
 
 def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
     runs = {"off": {"tput": [], "rr": []}, "on": {"tput": [], "rr": []}}
+    others = []  # BPF programs of others on the path, per run
     with Lab(["client", "server"], prefix="npv") as lab:
         client, server = lab.pods["client"], lab.pods["server"]
         resolver = lab.write_static_resolver(workdir / "pods-veth.yaml", {
@@ -39,14 +41,17 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
         for rep in range(1, reps + 1):
             for state in ("off", "on"):
                 agent = running_agent(workdir, resolver, f"veth-{rep}") if state == "on" else nullcontext()
-                with agent:
+                with agent as running:
                     if state == "on":
                         time.sleep(SETTLE_SECONDS)
+                    mine = prog_ids_of(running.pid) if state == "on" else set()
+                    others.append(bpf_programs_on_path(exclude=mine))
                     tput = iperf3_bits_per_second(client, server.ip4, seconds)
                     rr = sockperf_pingpong(client, server.ip4, seconds)
                 runs[state]["tput"].append(tput)
                 runs[state]["rr"].append(rr)
-                log(f"run {rep} agent {state:<3}: {tput / 1e9:.2f} Gbit/s, {rr:,.0f} round trips/s")
+                log(f"run {rep} agent {state:<3}: {tput / 1e9:.2f} Gbit/s, {rr:,.0f} round trips/s "
+                    f"({others[-1]} BPF programs of others loaded)")
 
     def ratio(measure):
         return statistics.median(runs["on"][measure]) / statistics.median(runs["off"][measure])
@@ -58,7 +63,8 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
         Figure(NAME, "TCP stream throughput, agent on", statistics.median(gbit["on"]), "Gbit/s",
                detail=spread(gbit["on"])),
         Figure(NAME, "throughput on/off", ratio("tput"), "ratio", f">= {TARGET_THROUGHPUT_RATIO}",
-               f"iperf3, 1 stream, {seconds:g}s x {reps} per side, interleaved"),
+               f"iperf3, 1 stream, {seconds:g}s x {reps} per side, interleaved; {min(others)}-{max(others)} "
+               "BPF programs of others were loaded (both sides)"),
         Figure(NAME, "TCP request/response, agent off", statistics.median(runs["off"]["rr"]), "rt/s",
                detail=spread(runs["off"]["rr"], "{:,.0f}")),
         Figure(NAME, "TCP request/response, agent on", statistics.median(runs["on"]["rr"]), "rt/s",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -123,7 +123,7 @@ def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_fi
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_shutdown_leaves_nothing_in_the_kernel(lab, pods_file, agent_factory, sig):
-    pinned_before = sorted(p.name for p in __import__("pathlib").Path("/sys/fs/bpf").iterdir())
+    pinned_before = sorted(p.name for p in Path("/sys/fs/bpf").iterdir())
     agent = agent_factory(ALL_PROGRAMS, pods_file).start()
     held = bpf_objects_of(agent.proc.pid)
     assert len(held["prog"]) == 7 and held["map"], held       # 1 + 3 + 1 + 2 programs
@@ -132,7 +132,7 @@ def test_shutdown_leaves_nothing_in_the_kernel(lab, pods_file, agent_factory, si
     left = bpf_ids()
     assert not held["prog"] & left["prog"], "programs left loaded"
     assert not held["map"] & left["map"], "maps left behind"
-    assert sorted(p.name for p in __import__("pathlib").Path("/sys/fs/bpf").iterdir()) == pinned_before
+    assert sorted(p.name for p in Path("/sys/fs/bpf").iterdir()) == pinned_before
     assert "all programs detached" in agent.log_path.read_text()
 
 

@@ -7,6 +7,7 @@ so other labs and agents running at the same time cannot disturb it.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -108,8 +109,8 @@ def test_active_counts_open_connections_and_duration_measures_them(lab, agent):
         "import socket,sys,time\n"
         f"cs=[socket.create_connection(('{lab.pods['b'].ip4}',{port})) for _ in range(3)]\n"
         "print('open',flush=True); sys.stdin.readline()\n"
-        "[c.close() for c in cs]\n")], stdin=__import__("subprocess").PIPE,
-        stdout=__import__("subprocess").PIPE, text=True)
+        "[c.close() for c in cs]\n")], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, text=True)
     labels = dict(pod_labels("a", "b"), direction="outbound")
     base = agent.scrape().value("netprobe_tcp_connections_active", **labels)
     assert holder.stdout.readline().strip() == "open"

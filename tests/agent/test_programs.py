@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,24 +106,33 @@ def test_connections_are_counted_exactly_by_pod_direction_and_peer(lab, agent, f
 def test_active_counts_open_connections_and_duration_measures_them(lab, agent):
     port = 7010
     lab.serve_tcp("b", port)
+    labels = dict(pod_labels("a", "b"), direction="outbound")
+    before = agent.scrape()
+    base = before.value("netprobe_tcp_connections_active", **labels)
     holder = lab.pods["a"].popen([sys.executable, "-c", (
-        "import socket,sys,time\n"
+        "import socket,sys\n"
         f"cs=[socket.create_connection(('{lab.pods['b'].ip4}',{port})) for _ in range(3)]\n"
         "print('open',flush=True); sys.stdin.readline()\n"
-        "[c.close() for c in cs]\n")], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, text=True)
-    labels = dict(pod_labels("a", "b"), direction="outbound")
-    base = agent.scrape().value("netprobe_tcp_connections_active", **labels)
+        "[c.close() for c in cs]\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "open"
+    opened_at = time.monotonic()      # all three are established by now
     try:
         wait_until(lambda: agent.scrape().value("netprobe_tcp_connections_active", **labels) == base + 3,
                    timeout=10, what="3 active connections")
+        time.sleep(0.3)
     finally:
+        held = time.monotonic() - opened_at   # they close after this
         holder.stdin.write("\n")
         holder.stdin.flush()
         holder.wait(timeout=10)
-    wait_until(lambda: agent.scrape().value("netprobe_tcp_connections_active", **labels) == base,
-               timeout=30, what="active back to its start")
+    after = wait_until(lambda: (lambda s: s if s.value("netprobe_tcp_connections_active", **labels) == base
+                                else None)(agent.scrape()), timeout=30, what="active back to its start")
+    count = after.value("netprobe_tcp_connection_duration_seconds_count", **labels) - \
+        before.value("netprobe_tcp_connection_duration_seconds_count", **labels)
+    total = after.value("netprobe_tcp_connection_duration_seconds_sum", **labels) - \
+        before.value("netprobe_tcp_connection_duration_seconds_sum", **labels)
+    assert count == 3
+    assert total >= 3 * held          # each lived at least as long as we held it open
 
 
 @pytest.mark.parametrize("family", FAMILIES)

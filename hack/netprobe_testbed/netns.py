@@ -74,6 +74,14 @@ print(ok)
 """
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: a lab process must not outlive its test."""
+    import ctypes
+    import signal
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
 
@@ -94,7 +102,7 @@ class Pod:
         return subprocess.run(self._argv(argv), check=check, capture_output=True, text=True, timeout=timeout)
 
     def popen(self, argv, **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(self._argv(argv), **kw)
+        proc = subprocess.Popen(self._argv(argv), preexec_fn=_die_with_parent, **kw)
         self.processes.append(proc)
         return proc
 
@@ -201,6 +209,13 @@ class Lab:
     def _remove_leftovers(self) -> None:
         """Remove what a lab of this slot made, also one that crashed before."""
         mine = f"{self.prefix}{self.slot}-"
+        # Host-side veths first: deleting one destroys its pair at once, while a
+        # deleted namespace frees its interfaces later, from a kernel work queue.
+        veth = f"{self.prefix}{self.slot}v"
+        for line in _sh("ip", "-o", "link", "show", "type", "veth", check=False).stdout.splitlines():
+            name = line.split(":")[1].strip().split("@")[0]
+            if name.startswith(veth) and name[len(veth):].isdigit():
+                _sh("ip", "link", "del", name, check=False)
         for line in _sh("ip", "netns", "list", check=False).stdout.splitlines():
             ns = line.split()[0] if line.strip() else ""
             if ns.startswith(mine):

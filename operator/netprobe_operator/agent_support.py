@@ -35,8 +35,22 @@ EXPORTED_METRICS: dict[str, str] = {
     "netprobe_tcp_resets_total": "counter",
     "netprobe_tcp_rtt_seconds": "histogram",
     "netprobe_rx_latency_seconds": "histogram",
+    # the agent's own health (docs/agent.md, "Self-metrics")
     "netprobe_program_info": "gauge",
+    "netprobe_program_up": "gauge",
     "netprobe_program_errors_total": "counter",
+    "netprobe_program_discarded_events_total": "counter",
+    "netprobe_map_entries": "gauge",
+    "netprobe_map_max_entries": "gauge",
+    "netprobe_map_fill_ratio": "gauge",
+    "netprobe_map_update_failures_total": "counter",
+    "netprobe_map_evictions_total": "counter",
+    "netprobe_agent_scrape_duration_seconds": "gauge",
+    "netprobe_agent_scrape_errors_total": "counter",
+    "netprobe_agent_config_reloads_total": "counter",
+    "netprobe_agent_config_reload_errors_total": "counter",
+    "netprobe_agent_info": "gauge",
+    "netprobe_resolver_unresolved_addresses": "gauge",
 }
 
 

@@ -179,6 +179,9 @@ class Reconciler:
             if desired is not None:
                 self.kube.apply(desired)  # a no-op write when nothing drifted
             if kind == "DaemonSet":
-                new = status.after_agent_change(probe.status, child)
-                if status.differs(probe.status, new):
+                # The index's copy of the status can predate the last reconcile's
+                # write: read it fresh, or Degraded/MonitoringConfigured would be lost.
+                current = (self.kube.get("NetworkProbe", None, probe.name) or {}).get("status") or {}
+                new = status.after_agent_change(current, child)
+                if status.differs(current, new):
                     self.kube.patch_probe_status(probe.name, new)

@@ -35,6 +35,10 @@ CHILD_KINDS = {  # kind -> kubectl resource name
     "PrometheusRule": "prometheusrules.monitoring.coreos.com",
 }
 TIMEOUT = 60.0
+# kube-controller-manager's garbage collector re-reads discovery every 30 s and
+# holds collection until it watches newly installed resource types (the
+# monitoring CRDs): right after they appear, deletions can wait that long.
+GC_TIMEOUT = 150.0
 
 
 def free_port() -> int:
@@ -162,11 +166,31 @@ class Netprobe:
         self.kubectl("delete", "networkprobe", name, "--ignore-not-found", "--wait=true")
         if wait:
             self.wait(f"every object of {name} garbage-collected",
-                      lambda: not self.children(name) and not self.agent_pods(name))
+                      lambda: not self.children(name) and not self.finish_terminating_pods(name),
+                      timeout=GC_TIMEOUT)
 
     def agent_pods(self, probe_name: str) -> list:
         core = client.CoreV1Api(self.api)
         return core.list_namespaced_pod(NAMESPACE, label_selector=f"netprobe.io/probe={probe_name}").items
+
+    def finish_terminating_pods(self, probe_name: str) -> list:
+        """Play the kubelet once more: a pod being deleted is stopped and removed.
+
+        Without a kubelet a bound pod stays Terminating for ever (and keeps its
+        host port on the node); returns the pods not yet being deleted.
+        """
+        core = client.CoreV1Api(self.api)
+        alive = []
+        for pod in self.agent_pods(probe_name):
+            if pod.metadata.deletion_timestamp is None:
+                alive.append(pod)
+                continue
+            try:
+                core.delete_namespaced_pod(pod.metadata.name, NAMESPACE, grace_period_seconds=0)
+            except client.ApiException as err:
+                if err.status != 404:
+                    raise
+        return alive
 
     # --- monitoring CRDs ----------------------------------------------------
 

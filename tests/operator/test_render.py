@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -10,9 +11,18 @@ from netprobe_operator import agent_support, render
 from node_agent import config as agent_config
 from node_agent.programs import CATALOGUE as AGENT_CATALOGUE
 
+REPO = Path(__file__).resolve().parents[2]
 ALL_IMPLEMENTED = [{"name": "rx_latency", "attach": "tracepoint", "maxEntries": 4096},
                    {"name": "tcp_retransmit"}, {"name": "tcp_connections", "maxEntries": 65536},
                    {"name": "tcp_rtt"}]
+
+
+def test_exported_metrics_are_named_by_the_agent():
+    # Dashboards and alerts may only use agent_support.EXPORTED_METRICS; each of
+    # those must appear in the agent's source, so a rename there fails here.
+    source = " ".join(p.read_text() for p in (REPO / "node_agent").rglob("*.py"))
+    missing = [m for m in agent_support.EXPORTED_METRICS if f'"{m}"' not in source and f"'{m}'" not in source]
+    assert missing == []
 
 
 def test_implemented_programs_are_what_the_agent_implements():
@@ -102,7 +112,8 @@ def test_daemonset_host_mounts_are_read_only(daemonset):
         assert mount["readOnly"] is True, path
         assert volumes[mount["name"]]["hostPath"]["path"] == path
     writable = [m["mountPath"] for m in mounts.values() if not m.get("readOnly")]
-    assert writable == ["/tmp"] and "emptyDir" in volumes["tmp"]
+    assert writable == ["/run/netprobe", "/tmp"]
+    assert "emptyDir" in volumes["run"] and "emptyDir" in volumes["tmp"]
 
 
 def test_daemonset_agent_command_config_and_node_name(daemonset):
@@ -181,7 +192,9 @@ def test_alerts_follow_the_programs(render_probe):
     def alerts(programs):
         rule = render_probe({"programs": [{"name": p} for p in programs]}).one("PrometheusRule")
         return [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
-    assert alerts(["tcp_rtt"]) == ["NetprobeAgentDown", "NetprobeProgramLoadFailed"]
+    health = ["NetprobeAgentDown", "NetprobeProgramLoadFailed", "NetprobeAgentConfigRejected",
+              "NetprobeMapNearlyFull"]
+    assert alerts(["tcp_rtt"]) == health
     assert "NetprobeHighTcpRetransmitRate" in alerts(["tcp_retransmit"])
     assert "NetprobeHighRxLatency" in alerts(["rx_latency"])
 

@@ -33,7 +33,7 @@ def test_promtool_accepts_the_rules(render_probe, tmp_path):
     path = write_rules(tmp_path, render_probe({"programs": ALL}))
     result = promtool("check", "rules", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 6 rules found" in result.stdout
 
 
 def test_rules_name_only_exported_metrics(render_probe):
@@ -113,13 +113,16 @@ def test_retransmit_threshold_comes_from_the_spec(render_probe, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_agent_down_and_program_failure_alerts(render_probe, tmp_path):
+def test_agent_health_alerts(render_probe, tmp_path):
     rules = write_rules(tmp_path, render_probe({"programs": ALL}))
     series = [
         {"series": 'up{job="netprobe-demo",node="n1",instance="192.0.2.1:9435"}', "values": "1x5 0x15"},
         {"series": 'up{job="netprobe-demo",node="n2",instance="192.0.2.2:9435"}', "values": "1x20"},
-        {"series": 'netprobe_program_errors_total{job="netprobe-demo",node="n2",program="rx_latency",stage="attach"}',
-         "values": "0x5 1x15"},
+        {"series": 'netprobe_program_up{job="netprobe-demo",node="n2",program="rx_latency"}', "values": "1x5 0x15"},
+        {"series": 'netprobe_program_up{job="netprobe-demo",node="n2",program="tcp_rtt"}', "values": "1x20"},
+        {"series": 'netprobe_agent_config_reload_errors_total{job="netprobe-demo",node="n1"}', "values": "0x5 1x15"},
+        {"series": 'netprobe_map_fill_ratio{job="netprobe-demo",node="n1",program="tcp_rtt",map="rtt"}',
+         "values": "0.5x5 0.95x25"},
     ]
     tests = [
         {"eval_time": "15m", "alertname": "NetprobeAgentDown", "exp_alerts": [{
@@ -128,14 +131,30 @@ def test_agent_down_and_program_failure_alerts(render_probe, tmp_path):
                 "summary": "netprobe agent on n1 is not being scraped",
                 "description": "Prometheus cannot scrape the netprobe agent of NetworkProbe demo on node n1 "
                                "(192.0.2.1:9435) for 5 minutes: no network metrics from that node."}}]},
-        {"eval_time": "8m", "alertname": "NetprobeProgramLoadFailed", "exp_alerts": [{
-            "exp_labels": {"severity": "warning", "node": "n2", "program": "rx_latency", "stage": "attach"},
+        {"eval_time": "9m", "alertname": "NetprobeProgramLoadFailed", "exp_alerts": []},  # pending
+        {"eval_time": "15m", "alertname": "NetprobeProgramLoadFailed", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "n2", "program": "rx_latency"},
             "exp_annotations": {
-                "summary": "netprobe program rx_latency fails at attach on n2",
-                "description": "A kernel program of NetworkProbe demo failed at stage attach on node n2; its "
-                               "metrics are missing there. The agent log says why (kernel feature, headers, verifier)."}}]},
-        # ten minutes after the last error the alert resolves by itself
-        {"eval_time": "19m", "alertname": "NetprobeProgramLoadFailed", "exp_alerts": []},
+                "summary": "netprobe program rx_latency is not running on n2",
+                "description": "Kernel program rx_latency of NetworkProbe demo failed to load on node n2, so its "
+                               "metrics are missing there. netprobe_program_errors_total{program=\"rx_latency\"} "
+                               "gives the failing stage (compile, load, attach); the agent log and "
+                               "`netprobe-agent doctor` say why."}}]},
+        {"eval_time": "8m", "alertname": "NetprobeAgentConfigRejected", "exp_alerts": [{
+            "exp_labels": {"severity": "warning", "node": "n1"},
+            "exp_annotations": {
+                "summary": "netprobe agent on n1 refused its new config",
+                "description": "The agent of NetworkProbe demo on node n1 refused a changed config and keeps "
+                               "running the previous one; the agent log names the field. The operator and "
+                               "agent versions may not match."}}]},
+        # ten minutes after the refusal the alert resolves by itself
+        {"eval_time": "19m", "alertname": "NetprobeAgentConfigRejected", "exp_alerts": []},
+        {"eval_time": "25m", "alertname": "NetprobeMapNearlyFull", "exp_alerts": [{
+            "exp_labels": {"severity": "info", "node": "n1", "program": "tcp_rtt", "map": "rtt"},
+            "exp_annotations": {
+                "summary": "netprobe map tcp_rtt/rtt is over 90 % full on n1",
+                "description": "An LRU map of NetworkProbe demo is nearly full: older entries are being evicted "
+                               "(netprobe_map_evictions_total). Raise maxEntries of the program in the probe."}}]},
     ]
     result = run_unit_tests(tmp_path, rules, tests, series)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -296,3 +296,35 @@ def test_without_replicaset_access_workloads_are_guessed_and_counted(control_pla
     finally:
         rbac.delete_cluster_role_binding(role)
         rbac.delete_cluster_role(role)
+
+
+def test_in_cluster_credentials_as_the_agent_pod_gets_them(control_plane, kube_api, core, namespace,
+                                                          tmp_path, monkeypatch):
+    """No kubeconfig and KUBERNETES_SERVICE_HOST set: the service account's token and CA
+    files, exactly what the DaemonSet's pod has mounted (only their folder differs)."""
+    import urllib.parse
+
+    from kubernetes.config import incluster_config
+
+    _, role = service_account_with(kube_api, core, control_plane, namespace, "incluster", AGENT_RULES)
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    try:
+        token = tmp_path / "token"
+        token.write_text(control_plane.token_for(namespace, "incluster"))
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(control_plane.ca_file))
+        server = urllib.parse.urlsplit(control_plane.server)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", server.hostname)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.port))
+        run_pod(core, namespace, "seen-in-cluster", NODE_A, ["10.213.11.1"])
+
+        resolver = KubernetesResolver(NODE_A)          # no kubeconfig: in-cluster
+        resolver.start()
+        try:
+            assert resolver.wait_until_ready(60)
+            assert resolver.lookup(ip("10.213.11.1")) == PodRef(namespace, "seen-in-cluster", "")
+        finally:
+            resolver.stop()
+    finally:
+        rbac.delete_cluster_role_binding(role)
+        rbac.delete_cluster_role(role)

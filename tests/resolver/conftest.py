@@ -37,10 +37,3 @@ def make_pod(name: str, namespace: str = "shop", *, ips=(), phase: str = "Runnin
 def pod():
     return make_pod
 
-
-def pytest_configure(config):
-    # The control-plane fixtures (control_plane, kube_api, sa_kubeconfig), unless
-    # the top-level conftest already loaded them for the whole suite.
-    plugin = "netprobe_testbed.pytest_cluster"
-    if not config.pluginmanager.has_plugin(plugin):
-        config.pluginmanager.import_plugin(plugin)

@@ -176,6 +176,7 @@ class WorkloadNamer:
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
         self._failed: dict[tuple[str, str], tuple[str, float]] = {}
+        self._next_warning = 0.0
         self.fetches = 0
         self.errors = 0
 
@@ -208,10 +209,16 @@ class WorkloadNamer:
             name = guess  # deleted already: its pods are on their way out too
         except Exception as exc:  # API down, RBAC missing, ...: never stop the watch
             self.errors += 1
-            log.warning("cannot read ReplicaSet %s/%s (workload named %r for now): %s",
-                        namespace, rs_name, guess, _short_error(exc))
+            now = self._clock()
+            if now >= self._next_warning:  # one warning a minute, not one per ReplicaSet
+                self._next_warning = now + 60
+                log.warning("cannot read ReplicaSet %s/%s (workload named %r for now; "
+                            "%d failed reads so far): %s",
+                            namespace, rs_name, guess, self.errors, _short_error(exc))
             with self._lock:
-                self._failed[key] = (guess, self._clock() + self._retry_after)
+                self._failed[key] = (guess, now + self._retry_after)
+                while len(self._failed) > self._cache_size:
+                    del self._failed[next(iter(self._failed))]
             return guess
         else:
             name = owner.name if owner is not None else rs_name

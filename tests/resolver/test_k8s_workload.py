@@ -106,3 +106,11 @@ def test_other_owner_kinds_without_api_calls(owner, workload):
 def test_from_a_pod_object(pod):
     namer = WorkloadNamer(FakeReplicaSets({("shop", "web-abc"): Owner("Deployment", "web")}))
     assert namer.workload(pod_record(pod("web-abc-x1", owner=("ReplicaSet", "web-abc")))) == "web"
+
+
+def test_failures_are_remembered_within_the_same_bound(caplog):
+    namer = WorkloadNamer(FakeReplicaSets(error=PermissionError("403")), cache_size=2)
+    for i in range(5):
+        namer.workload(record(Owner("ReplicaSet", f"rs-{i}")))
+    assert namer.errors == 5 and len(namer._failed) == 2
+    assert caplog.text.count("cannot read ReplicaSet") == 1   # rate-limited

@@ -63,16 +63,19 @@ class Reconciler:
     def __init__(self, kube: kube_mod.Kube, config: s.OperatorSettings):
         self.kube = kube
         self.config = config
-        self._locks: dict[str, threading.Lock] = {}
+        # One re-entrant lock per probe: a reconcile and a child event never
+        # interleave, so a child event cannot re-apply a set a running
+        # reconcile is replacing.
+        self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
         # The last set applied per probe (uid, generation, manifests): child events
         # re-apply from it, so a drifted child returns to what was accepted, never
         # to a render of a spec that was rejected.
         self._applied: dict[str, tuple[str, int, render.RenderedSet]] = {}
 
-    def _lock(self, name: str) -> threading.Lock:
+    def _lock(self, name: str) -> threading.RLock:
         with self._locks_guard:
-            return self._locks.setdefault(name, threading.Lock())
+            return self._locks.setdefault(name, threading.RLock())
 
     # --- the whole probe ----------------------------------------------------
 
@@ -170,12 +173,12 @@ class Reconciler:
         owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
         if probe.uid not in owners:
             return  # left over from an earlier probe of the same name: GC's business
-        applied = self._applied.get(probe.name)
-        if applied is None or applied[0] != probe.uid or deleted:
-            self.reconcile(probe, others)
-            return
-        desired = applied[2].find(kind, meta["namespace"], meta["name"])
         with self._lock(probe.name):
+            applied = self._applied.get(probe.name)
+            if applied is None or applied[0] != probe.uid or deleted:
+                self.reconcile(probe, others)
+                return
+            desired = applied[2].find(kind, meta["namespace"], meta["name"])
             if desired is not None:
                 self.kube.apply(desired)  # a no-op write when nothing drifted
             if kind == "DaemonSet":

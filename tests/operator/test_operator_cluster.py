@@ -187,11 +187,13 @@ def test_hand_edits_are_reverted_but_foreign_fields_kept(netprobe, probes):
     netprobe.kubectl("annotate", "daemonset", "-n", NAMESPACE, ds_name, "team.example/owner=sre")
     netprobe.kubectl("patch", "daemonset", "-n", NAMESPACE, ds_name, "-p", json.dumps(
         {"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "evil.example/agent:1",
-                                                        "securityContext": {"privileged": True}}]}}}}))
+                                                        "securityContext": {"privileged": True,
+                                                                            "allowPrivilegeEscalation": True}}]}}}}))
     back = netprobe.wait_child("DaemonSet", ds_name, lambda d: (
         d["spec"]["template"]["spec"]["containers"][0]["image"] == image))
     container = back["spec"]["template"]["spec"]["containers"][0]
     assert container["securityContext"]["privileged"] is False
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert back["metadata"]["annotations"]["team.example/owner"] == "sre"  # not ours: left alone
 
     netprobe.kubectl("patch", "configmap", "-n", NAMESPACE, ds_name, "--type", "merge",

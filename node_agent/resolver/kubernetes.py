@@ -664,6 +664,8 @@ class PodWatch:
             del page  # drop the page's objects before reading the next one
             if token is None:
                 break
+        if not resource_version:
+            raise ValueError("pod list without metadata.resourceVersion: cannot watch from it")
         named = [(record, self._namer.workload(record)) for record in records]
         self.index.replace(named, self._clock())
         self.resource_version = resource_version

@@ -230,3 +230,11 @@ def test_backoff_grows_to_its_cap_and_resets():
     assert all(0.5 * cap <= d <= cap for d, cap in zip(delays, [1, 2, 4, 8, 8, 8]))
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+def test_list_without_resource_version_is_an_error_not_a_silent_gap(pod):
+    core = ScriptedApi(("list", {"metadata": {}, "items": [pod("a", ips=["10.0.0.1"])]}))
+    watch = make_watch(core)
+    with pytest.raises(ValueError, match="resourceVersion"):
+        watch.relist()
+    assert not watch.synced.is_set()

@@ -88,11 +88,15 @@ def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_fi
     retransmit_progs = bpf_objects_of(agent.proc.pid)["prog"]
     assert len(retransmit_progs) == 1
 
+    def reloads_done(n):
+        # the counter moves once a change is fully applied: the sync point
+        wait_until(lambda: agent.scrape().value("netprobe_agent_config_reloads_total") == n,
+                   timeout=60, what=f"{n} reloads applied")
+
     agent.write_config({"tcp_retransmit": {}, "tcp_connections": {}})
-    wait_until(lambda: agent.scrape().value("netprobe_program_up", program="tcp_connections") == 1,
-               timeout=60, what="tcp_connections added")
+    reloads_done(1)
+    assert agent.scrape().value("netprobe_program_up", program="tcp_connections") == 1
     assert retransmit_progs <= bpf_objects_of(agent.proc.pid)["prog"], "tcp_retransmit was reloaded"
-    assert agent.scrape().value("netprobe_agent_config_reloads_total") == 1
     assert_counts_connections(lab, agent, 7102)
 
     # An invalid file: refused whole, logged, counted; the running set stays.
@@ -107,18 +111,17 @@ def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_fi
 
     # Options changed: that program alone is reloaded (new maps, new size).
     agent.write_config({"tcp_retransmit": {}, "tcp_connections": {"max_entries": 4096}})
-    wait_until(lambda: agent.scrape().value("netprobe_map_max_entries", program="tcp_connections",
-                                            map="connections") == 4096, timeout=60, what="options applied")
+    reloads_done(2)
+    assert agent.scrape().value("netprobe_map_max_entries", program="tcp_connections", map="connections") == 4096
     assert retransmit_progs <= bpf_objects_of(agent.proc.pid)["prog"]
     connection_progs = bpf_objects_of(agent.proc.pid)["prog"] - retransmit_progs
     assert len(connection_progs) == 3
 
     # Removed: detached, gone from the kernel.
     agent.write_config({"tcp_retransmit": {}})
-    wait_until(lambda: not agent.scrape().all("netprobe_program_info", program="tcp_connections"),
-               timeout=30, what="tcp_connections removed")
+    reloads_done(3)
+    assert not agent.scrape().all("netprobe_program_info", program="tcp_connections")
     assert not connection_progs & bpf_ids()["prog"]
-    assert agent.scrape().value("netprobe_agent_config_reloads_total") == 3
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

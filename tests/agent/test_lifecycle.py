@@ -191,3 +191,17 @@ def test_each_stage_reports_its_own_failure(tmp_path, monkeypatch, body, stage, 
     assert says in e.value.message
     assert inst.bpf is None
     assert bpf_objects_of(os.getpid()) == held_before, "a failed attempt left programs or maps open"
+
+
+def test_a_changed_resolver_file_relabels_without_restart(lab, pods_file, agent_factory):
+    """Labels are resolved at scrape time from the resolver's cache, and the
+    static file is re-read when it changes."""
+    agent = agent_factory({"tcp_connections": {}}, pods_file).start()
+    assert_counts_connections(lab, agent, 7104, n=4)
+    renamed = dict(NAMES, a=("shop", "cart-9", "cart"))
+    lab.write_static_resolver(pods_file, renamed)
+    moved = dict(OUT_AB, pod="cart-9")
+    wait_until(lambda: opened(agent, moved) >= 4, timeout=15, what="series under the new pod name")
+    assert opened(agent, OUT_AB) == 0
+    assert agent.scrape().value("netprobe_tcp_connections_opened_total", direction="inbound",
+                                pod="api-2", peer_pod="cart-9") >= 4

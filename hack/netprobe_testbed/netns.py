@@ -26,7 +26,8 @@ import yaml
 LOCK_DIR = Path("/run/netprobe-lab")
 MAX_SLOTS = 200
 
-# A small accept-echo-close server; prints "ready" once listening on [::]
+# A small accept-echo-close server (reads until the client half-closes, so any
+# payload size works); prints "ready" once listening on [::]
 # (dual stack, so one server answers IPv4 and IPv6).
 _ECHO_SERVER = r"""
 import socket, sys
@@ -40,7 +41,12 @@ while True:
     c, _ = s.accept()
     try:
         c.settimeout(30)
-        data = c.recv(65536)
+        data = b""
+        while True:  # the client half-closes after its payload
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
         if data:
             c.sendall(data)
     except OSError:
@@ -49,7 +55,7 @@ while True:
         c.close()
 """
 
-# Sequential connections: connect, send, read the echo, close. Prints the
+# Sequential connections: connect, send, half-close, read the echo, close. Prints the
 # number that completed, which is the exact count tests assert on.
 _CONNECT_MANY = r"""
 import socket, sys
@@ -60,6 +66,7 @@ for _ in range(count):
     try:
         with socket.create_connection((host, port), timeout=timeout) as c:
             c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)
             got = b""
             while len(got) < size:
                 chunk = c.recv(65536)

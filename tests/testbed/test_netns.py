@@ -21,6 +21,7 @@ def test_pods_talk_v4_and_v6_with_exact_counts(tmp_path):
         lab.serve_tcp("b", 7000)
         assert lab.connect_many("a", b.ip4, 7000, 5) == 5
         assert lab.connect_many("a", b.ip6, 7000, 3) == 3
+        assert lab.connect_many("a", b.ip4, 7000, 2, payload=b"y" * 300_000) == 2  # many reads
         # nothing listens on 7001: every connection fails, none is counted
         assert lab.connect_many("a", b.ip4, 7001, 2, timeout=2) == 0
 

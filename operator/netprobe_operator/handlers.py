@@ -75,9 +75,12 @@ def probe_changed(body: kopf.Body, probes: kopf.Index, **_: Any) -> None:
 
 def _reconcile(probe: rec.ProbeSnapshot, index: kopf.Index) -> None:
     try:
-        reconciler().reconcile(probe, _all(index))
+        outcome = reconciler().reconcile(probe, _all(index))
     except rec.ApplyFailed as err:
         raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
+    if outcome.retry:  # e.g. RBAC granted later: the status already says what was refused
+        raise kopf.TemporaryError("; ".join(p.message for p in outcome.problems),
+                                  delay=RETRY_DELAY_SECONDS)
 
 
 def _child_event(kind: str, event: str, body: kopf.Body, labels: kopf.Labels,

@@ -120,7 +120,8 @@ class Reconciler:
             return status.Outcome(
                 applied=False, monitoring=monitoring, skipped=skipped,
                 problems=[validation.Problem("ApplyRejected", f"the API server refused {err}")],
-                daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name))
+                daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name),
+                retry=True)
 
         stored: dict[str, dict] = {}
         try:

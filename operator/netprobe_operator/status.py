@@ -52,6 +52,7 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)
     monitoring: tuple[str, str, str] = ("True", "Applied", "")
     daemonset: Mapping | None = None
+    retry: bool = False   # a transient refusal (RBAC, API): try again later
 
 
 def ready_condition(agents: AgentCounts | None) -> tuple[str, str, str]:

@@ -353,3 +353,38 @@ def test_overlong_probe_name_rejected(netprobe):
             "metadata": {"name": name}, "spec": {"programs": [{"name": "tcp_rtt"}]}}
     result = netprobe.kubectl("create", "-f", "-", input=yaml.safe_dump(body), check=False)
     assert result.returncode != 0 and "metadata.name: at most 40 characters" in result.stderr
+
+
+def test_refused_object_applies_nothing_until_rbac_allows_it(netprobe, probes):
+    # Dashboards in a namespace the operator has no Role in: the dry run is
+    # refused, so not even the agent is half-applied; the documented Role fixes it.
+    netprobe.kubectl("create", "namespace", "monitoring-np")
+    try:
+        probes("elsewhere", pool_spec(netprobe, 9661, dashboards={"namespace": "monitoring-np"}))
+        cond = netprobe.wait_condition("elsewhere", "Degraded", "True", "ApplyRejected")
+        assert "forbidden" in cond["message"] and "monitoring-np" in cond["message"]
+        assert netprobe.children("elsewhere") == []
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "netprobe-operator-dashboards", "namespace": "monitoring-np"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                           "verbs": ["get", "list", "create", "patch", "delete"]}]}
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "netprobe-operator-dashboards", "namespace": "monitoring-np"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                               "name": "netprobe-operator-dashboards"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "netprobe-operator", "namespace": NAMESPACE}]}
+        netprobe.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([role, binding]))
+        # kopf retries the refused reconcile after 30 s
+        netprobe.wait_condition("elsewhere", "Degraded", "False", timeout=90)
+        dashboard = netprobe.child("ConfigMap", "netprobe-elsewhere-dashboard-overview", namespace="monitoring-np")
+        assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+        netprobe.wait_child("DaemonSet", "netprobe-elsewhere")
+    finally:
+        netprobe.delete_probe("elsewhere")
+        netprobe.kubectl("delete", "namespace", "monitoring-np", "--wait=false")
+
+
+def test_kubectl_explain_teaches_the_api(netprobe):
+    text = " ".join(netprobe.kubectl("explain", "networkprobe.spec.programs").stdout.split())
+    assert "rx_latency - time a received packet spends in the kernel stack" in text
+    assert "maxEntries" in text and "attach" in text

@@ -3,8 +3,9 @@
 Loaded by `kopf run -m netprobe_operator.handlers` (see main.py). Watches:
   NetworkProbes                   create/update/resume -> full reconcile
   owned DaemonSets/ConfigMaps/    edited or deleted -> re-apply the accepted
-  Services (by label, in the      object; DaemonSet status -> probe status
-  operator's namespace)
+  Services/ServiceMonitors/       object; DaemonSet status -> probe status
+  PrometheusRules (by label, in
+  the operator's namespace)
   the monitoring.coreos.com CRDs  installed or removed -> reconcile every probe
 No timers and no delete handler, so the operator adds no finalizer: deleting a
 probe never waits for the operator; garbage collection removes its objects.
@@ -112,6 +113,22 @@ def configmap_event(type: str, body: kopf.Body, labels: kopf.Labels,
 def service_event(type: str, body: kopf.Body, labels: kopf.Labels,
                   probes: kopf.Index, **_: Any) -> None:
     _child_event("Service", type, body, labels, probes)
+
+
+# ServiceMonitors and PrometheusRules are watched when their CRDs exist as the
+# operator starts (kopf resolves resources once; scanning is off). CRDs that
+# appear later are handled by monitoring_crd_event: their objects are created
+# then, and drift on them is corrected at the next reconcile or restart.
+@kopf.on.event("monitoring.coreos.com", "v1", "servicemonitors", labels=MANAGED)
+def servicemonitor_event(type: str, body: kopf.Body, labels: kopf.Labels,
+                         probes: kopf.Index, **_: Any) -> None:
+    _child_event("ServiceMonitor", type, body, labels, probes)
+
+
+@kopf.on.event("monitoring.coreos.com", "v1", "prometheusrules", labels=MANAGED)
+def prometheusrule_event(type: str, body: kopf.Body, labels: kopf.Labels,
+                         probes: kopf.Index, **_: Any) -> None:
+    _child_event("PrometheusRule", type, body, labels, probes)
 
 
 def _is_monitoring_crd(name: str, **_: Any) -> bool:

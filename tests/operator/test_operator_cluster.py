@@ -388,3 +388,27 @@ def test_kubectl_explain_teaches_the_api(netprobe):
     text = " ".join(netprobe.kubectl("explain", "networkprobe.spec.programs").stdout.split())
     assert "rx_latency - time a received packet spends in the kernel stack" in text
     assert "maxEntries" in text and "attach" in text
+
+
+def test_operator_restart_resumes_without_churn_and_watches_monitoring_children(
+        netprobe, monitoring_crds, probes, tmp_path):
+    probes("restart", pool_spec(netprobe, 9671))
+    netprobe.mark_agents_ready("restart")
+    netprobe.wait_condition("restart", "Ready", "True")
+    before = {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+              for o in netprobe.children("restart")}
+
+    netprobe.operator.stop()
+    netprobe.operator = nc.start_operator(netprobe.cp, tmp_path)
+    netprobe.wait("the restarted operator to resume the probe",
+                  lambda: "[restart] Handler 'probe_changed' succeeded" in netprobe.operator.log_tail(400))
+    after = {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+             for o in netprobe.children("restart")}
+    assert after == before  # server-side apply of an unchanged set writes nothing
+    assert netprobe.condition("restart", "Ready")["status"] == "True"
+
+    # with the monitoring CRDs present at start, their objects are watched too
+    old = netprobe.child("PrometheusRule", "netprobe-restart")
+    netprobe.kubectl("delete", "prometheusrule", "-n", NAMESPACE, "netprobe-restart")
+    netprobe.wait_child("PrometheusRule", "netprobe-restart",
+                        lambda o: o["metadata"]["uid"] != old["metadata"]["uid"])

@@ -45,6 +45,7 @@ for line in sys.stdin:
             c.bind((src, 0))
             c.connect((dst, port))
             c.sendall(b"p")
+            c.shutdown(socket.SHUT_WR)  # the lab's echo server answers once the request is complete
             while c.recv(65536):
                 pass
         ok += 1

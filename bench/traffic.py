@@ -64,7 +64,7 @@ def sockperf_pingpong(pod, server_ip: str, seconds: float, mps: int | None = Non
     return sockperf_round_trips_per_second(res.stdout + res.stderr)
 
 
-# Short connections in a loop until killed: connect, send, read the echo to EOF, close.
+# Short connections in a loop until killed: connect, send, half-close, read the echo to EOF, close.
 # With `refused_every` > 0 every n-th attempt goes to a closed port (a reset).
 _SHORT_CONNECTIONS = r"""
 import socket, sys
@@ -77,6 +77,7 @@ while True:
     try:
         with socket.create_connection((host, target), timeout=10) as c:
             c.sendall(payload)
+            c.shutdown(socket.SHUT_WR)  # the lab's echo server answers once the request is complete
             while c.recv(65536):
                 pass
     except OSError:

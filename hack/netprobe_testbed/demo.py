@@ -62,7 +62,7 @@ LOSSY_DROP_PERCENT = 20
 
 # --- traffic -----------------------------------------------------------------
 
-# A traffic loop run inside a pod: `batch` connections (connect, send, read the
+# A traffic loop run inside a pod: `batch` connections (connect, send, half-close, read the
 # echo to EOF, close), then a pause, forever. One long-lived process per stream
 # (rather than a process per request) keeps the demo's own CPU low and lets the
 # lab kill every stream exactly.
@@ -75,6 +75,7 @@ while True:
         try:
             with socket.create_connection((host, port), timeout=10) as c:
                 c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)  # the lab's echo server answers once the request is complete
                 while c.recv(65536):
                     pass
         except OSError:
@@ -117,7 +118,7 @@ def start_traffic(lab: Lab, streams=TRAFFIC) -> None:
         lab.pods[stream.src].popen(
             [sys.executable, "-c", _TRAFFIC_LOOP, ip, ECHO_PORT, stream.payload, stream.batch, stream.pause],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True)  # the lab makes them die with the demo
 
 
 # --- the agent -------------------------------------------------------------------
@@ -407,11 +408,12 @@ def say(msg: str) -> None:
 
 
 def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM when the demo dies, even by SIGKILL.
+    """In the agent before exec: SIGTERM when the demo dies, even by SIGKILL.
 
-    The agent and the traffic run in their own sessions (a terminal Ctrl-C
-    must reach the demo only, which stops them in order), so without this a
-    killed demo would leave them running.
+    The agent runs in its own session (a terminal Ctrl-C must reach the demo
+    only, which stops everything in order), so without this a killed demo
+    would leave it running. SIGTERM, not SIGKILL: the agent detaches what it
+    attached.
     """
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -8,7 +8,6 @@ with whoever set them (HPA-style controllers, annotations added by hand).
 from __future__ import annotations
 
 import json
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -17,7 +16,6 @@ import kubernetes
 
 from . import settings as s
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netprobe_operator import agent_support, render
+from netprobe_operator import agent_support
 from node_agent import config as agent_config
 from node_agent.programs import CATALOGUE as AGENT_CATALOGUE
 

@@ -19,7 +19,8 @@ from agent_harness import ALL_PROGRAMS, AgentProcess, need_root
 
 pytestmark = pytest.mark.kernel
 
-NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api"), "c": ("shop", "web-1", "web")}
+NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api"), "c": ("shop", "web-1", "web"),
+         "d": ("batch", "load-3", "load")}
 FAMILIES = ["ip4", "ip6"]
 
 _CONNECT_REFUSED = r"""
@@ -149,6 +150,9 @@ def test_refused_connections_count_resets_on_both_sides(lab, agent, family):
     assert after.value("netprobe_tcp_resets_total", **sent) - before.value("netprobe_tcp_resets_total", **sent) == m
     assert after.value("netprobe_tcp_resets_total", **received) - \
         before.value("netprobe_tcp_resets_total", **received) == m
+    # The kernel's RSTs (sent from no socket of b) count as segments b sent, like in Tcp OutSegs.
+    assert after.value("netprobe_tcp_segments_sent_total", **pod_labels("b", "a")) - \
+        before.value("netprobe_tcp_segments_sent_total", **pod_labels("b", "a")) == m
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -195,6 +199,76 @@ def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, famil
     assert after.value("netprobe_rx_latency_seconds_count", **pod_labels("c")) == 0
 
 
+def tcp_out_segments(lab, pod: str) -> int:
+    """The kernel's own count of TCP segments sent from a pod's network
+    namespace (Tcp OutSegs in its /proc/net/snmp; IPv4 and IPv6 together)."""
+    lines = [l.split() for l in lab.pods[pod].run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if l.startswith("Tcp:")]
+    header, values = lines[0], lines[1]
+    return int(values[header.index("OutSegs")])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_segments_sent_count_every_connection_and_clean_traffic_retransmits_nothing(lab, agent, family):
+    """Each connection of connect_many: the client sends SYN, its payload (the
+    last payload segment carries or precedes its FIN), and, after the server
+    echoes (only once it saw that FIN), at least one ACK of the echo: >= 3
+    segments a -> b. The server sends at least a SYN-ACK and the echo: >= 2."""
+    n = 20
+    port = 7040 + FAMILIES.index(family)
+    lab.serve_tcp("b", port)
+    client, server = pod_labels("a", "b"), pod_labels("b", "a")
+    before = agent.scrape()
+    assert lab.connect_many("a", ip(lab, "b", family), port, n, payload=b"s" * 1000) == n
+    after = agent.scrape()
+
+    def delta(name, labels):
+        return after.value(name, **labels) - before.value(name, **labels)
+    assert delta("netprobe_tcp_segments_sent_total", client) >= 3 * n
+    assert delta("netprobe_tcp_segments_sent_total", server) >= 2 * n
+    assert delta("netprobe_tcp_retransmits_total", client) == 0
+    assert delta("netprobe_tcp_retransmits_total", server) == 0
+    # Nothing sent by or to the idle pod c.
+    assert after.value("netprobe_tcp_segments_sent_total", **pod_labels("c")) == \
+        before.value("netprobe_tcp_segments_sent_total", **pod_labels("c"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_segments_sent_equal_the_kernels_out_segments_once_per_segment_not_per_hop(lab, agent, family):
+    """One 200 kB exchange d -> b crosses two transmits per packet (d's eth0,
+    then the bridge's port to b); the agent counts each segment once, equal
+    to d's own Tcp OutSegs, TSO segments included (veth does TSO here).
+    (Pod d does nothing else: a loss probe retransmitted by a pod under load
+    must not disturb the clean pair c of the retransmit test.)"""
+    payload = 200_000
+    port = 7045 + FAMILIES.index(family)
+    lab.serve_tcp("b", port)
+    labels = pod_labels("d")
+    mtu = int(lab.pods["d"].run(["cat", "/sys/class/net/eth0/mtu"]).stdout)
+    mss = mtu - (20 if family == "ip4" else 40) - 20      # the largest possible: no TCP options
+    data_segments = -(-payload // mss)
+
+    kernel_before, before = tcp_out_segments(lab, "d"), agent.scrape()
+    assert lab.connect_many("d", ip(lab, "b", family), port, 1, payload=b"p" * payload) == 1
+
+    def both_counts():
+        # The last ACK may leave just after the client returns: read until both have seen it.
+        kernel, scrape = tcp_out_segments(lab, "d") - kernel_before, agent.scrape()
+        counted = scrape.value("netprobe_tcp_segments_sent_total", **labels) - \
+            before.value("netprobe_tcp_segments_sent_total", **labels)
+        return kernel, counted, scrape
+    deadline = time.monotonic() + 5
+    kernel, counted, after = both_counts()
+    while counted != kernel and time.monotonic() < deadline:
+        time.sleep(0.2)
+        kernel, counted, after = both_counts()
+    assert counted == kernel
+    assert counted >= data_segments + 2          # + SYN and the ACK of the echo
+    # All of it to b: labelled with the destination as peer.
+    assert counted == after.value("netprobe_tcp_segments_sent_total", **pod_labels("d", "b")) - \
+        before.value("netprobe_tcp_segments_sent_total", **pod_labels("d", "b"))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_retransmits_carry_the_lossy_pair_labels_and_the_clean_pair_has_none(lab, agent, family):
     port = 7060 + FAMILIES.index(family)
@@ -214,6 +288,15 @@ def test_retransmits_carry_the_lossy_pair_labels_and_the_clean_pair_has_none(lab
     assert after.value("netprobe_tcp_retransmits_total", **clean) == 0
     assert after.value("netprobe_tcp_retransmits_total", namespace="shop", pod="web-1") == 0
     assert after.value("netprobe_tcp_retransmits_total", peer_namespace="shop", peer_pod="web-1") == 0
+    # The alert's ratio, retransmits / segments sent, over the same interval.
+    def ratio(labels):
+        sent = after.value("netprobe_tcp_segments_sent_total", **labels) - \
+            before.value("netprobe_tcp_segments_sent_total", **labels)
+        assert sent > 0, labels
+        return (after.value("netprobe_tcp_retransmits_total", **labels) -
+                before.value("netprobe_tcp_retransmits_total", **labels)) / sent
+    assert ratio(lossy) > 0.02
+    assert ratio(clean) == 0
 
 
 def test_self_metrics_describe_maps_and_the_agent(agent):
@@ -222,7 +305,7 @@ def test_self_metrics_describe_maps_and_the_agent(agent):
     assert s.value("netprobe_map_entries", program="tcp_connections", map="connections") > 0
     assert 0 < s.value("netprobe_map_fill_ratio", program="tcp_connections", map="connections") < 1
     assert s.value("netprobe_map_update_failures_total") == 0
-    assert s.value("netprobe_resolver_pods", resolver="static") == 3
+    assert s.value("netprobe_resolver_pods", resolver="static") == len(NAMES)
     assert s.all("netprobe_agent_info")[0].labels["headers"]
     assert s.value("netprobe_agent_scrape_duration_seconds") > 0
     assert s.value("netprobe_program_up") == 4
@@ -240,3 +323,16 @@ def test_reading_never_resets_counters(agent):
     labels = dict(pod_labels("a", "b"), direction="outbound")
     assert second.value("netprobe_tcp_connections_opened_total", **labels) == \
         first.value("netprobe_tcp_connections_opened_total", **labels)
+
+
+def test_without_count_segments_tcp_retransmit_runs_retransmits_only(lab, agent_factory, tmp_path):
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    agent = agent_factory({"tcp_retransmit": {"count_segments": False}}, pods).start()
+    s = agent.scrape()
+    assert [(x.labels["program"], x.labels["attach"]) for x in s.all("netprobe_program_info")] == \
+        [("tcp_retransmit", "retransmits_only")]
+    assert s.value("netprobe_program_errors_total") == 0
+    port = 7070
+    lab.serve_tcp("b", port)
+    assert lab.connect_many("a", lab.pods["b"].ip4, port, 3) == 3
+    assert agent.scrape().all("netprobe_tcp_segments_sent_total") == []

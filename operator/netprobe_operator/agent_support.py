@@ -28,6 +28,7 @@ PEER_LABELS: frozenset[str] = frozenset({"peer_namespace", "peer_pod", "peer_wor
 # dashboard in production.
 EXPORTED_METRICS: dict[str, str] = {
     "netprobe_tcp_retransmits_total": "counter",
+    "netprobe_tcp_segments_sent_total": "counter",
     "netprobe_tcp_connections_opened_total": "counter",
     "netprobe_tcp_connections_closed_total": "counter",
     "netprobe_tcp_connections_active": "gauge",

@@ -83,6 +83,29 @@ def test_a_failed_strategy_falls_back_to_the_next(lab):
         inst.stop()
 
 
+def test_tcp_retransmit_without_the_transmit_tracepoint_counts_retransmits_only(lab):
+    """A kernel without net:net_dev_start_xmit: the segment counter's strategy
+    is skipped (not failed) and the program loads with retransmits only."""
+    from node_agent.programs import CATALOGUE
+    from node_agent.runtime.instance import ProgramInstance
+
+    class NoTransmitTracepoint(KernelFeatures):
+        def unmet(self, strategy):
+            if "net:net_dev_start_xmit" in strategy.tracepoints:
+                return ["tracepoint net:net_dev_start_xmit missing"]
+            return super().unmet(strategy)
+
+    spec = CATALOGUE["tcp_retransmit"]
+    inst = ProgramInstance(spec, spec.defaults(), NoTransmitTracepoint())
+    try:
+        inst.start()
+        assert inst.attach == "retransmits_only"
+        assert inst.failures == []
+        assert len(inst.table("segments_sent")) == 0
+    finally:
+        inst.stop()
+
+
 def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_file, agent_factory):
     agent = agent_factory({"tcp_retransmit": {}}, pods_file).start()
     retransmit_progs = bpf_objects_of(agent.proc.pid)["prog"]

@@ -79,7 +79,7 @@ def _reconcile(probe: rec.ProbeSnapshot, index: kopf.Index) -> None:
         outcome = reconciler().reconcile(probe, _all(index))
     except rec.ApplyFailed as err:
         raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
-    if outcome.retry:  # e.g. RBAC granted later: the status already says what was refused
+    if outcome is not None and outcome.retry:  # e.g. RBAC granted later: the status says what was refused
         raise kopf.TemporaryError("; ".join(p.message for p in outcome.problems),
                                   delay=RETRY_DELAY_SECONDS)
 

@@ -79,8 +79,25 @@ class Reconciler:
 
     # --- the whole probe ----------------------------------------------------
 
-    def reconcile(self, probe: ProbeSnapshot, others: Iterable[ProbeSnapshot]) -> status.Outcome:
+    def _live(self, probe: ProbeSnapshot) -> ProbeSnapshot | None:
+        """The probe as the API server has it now, or None if it is gone or going.
+
+        The kopf index can lag behind (a watch reconnecting after an API server
+        restart): a probe being deleted must not get its children back while
+        garbage collection removes them.
+        """
+        live = self.kube.get("NetworkProbe", None, probe.name)
+        if (live is None or live["metadata"]["uid"] != probe.uid
+                or live["metadata"].get("deletionTimestamp")):
+            return None
+        return ProbeSnapshot.from_body(live)
+
+    def reconcile(self, probe: ProbeSnapshot, others: Iterable[ProbeSnapshot]) -> status.Outcome | None:
+        """Apply the probe; None when it no longer exists (nothing to do)."""
         with self._lock(probe.name):
+            probe = self._live(probe)
+            if probe is None:
+                return None
             outcome = self._reconcile(probe, list(others))
             new_status = status.after_reconcile(
                 probe.status, probe.generation,
@@ -175,6 +192,9 @@ class Reconciler:
         if probe.uid not in owners:
             return  # left over from an earlier probe of the same name: GC's business
         with self._lock(probe.name):
+            probe = self._live(probe)
+            if probe is None:
+                return
             applied = self._applied.get(probe.name)
             if applied is None or applied[0] != probe.uid or deleted:
                 self.reconcile(probe, others)
@@ -183,9 +203,6 @@ class Reconciler:
             if desired is not None:
                 self.kube.apply(desired)  # a no-op write when nothing drifted
             if kind == "DaemonSet":
-                # The index's copy of the status can predate the last reconcile's
-                # write: read it fresh, or Degraded/MonitoringConfigured would be lost.
-                current = (self.kube.get("NetworkProbe", None, probe.name) or {}).get("status") or {}
-                new = status.after_agent_change(current, child)
-                if status.differs(current, new):
+                new = status.after_agent_change(probe.status, child)
+                if status.differs(probe.status, new):
                     self.kube.patch_probe_status(probe.name, new)

@@ -69,18 +69,32 @@ def owned_by(obj: dict, probe: dict) -> bool:
 # --- installation and identity ------------------------------------------------
 
 
+def allowed(netprobe, user, verb, resource, namespace=None, group=""):
+    """A SubjectAccessReview, not `kubectl auth can-i`: it works for resources
+    whose CRD is not installed yet."""
+    sa_namespace = user.split(":")[2]
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": user,
+                       "groups": ["system:serviceaccounts", f"system:serviceaccounts:{sa_namespace}",
+                                  "system:authenticated"],
+                       "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
+                                              "namespace": namespace or ""}}}
+    reply = netprobe.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
+    return json.loads(reply.stdout)["status"].get("allowed", False)
+
+
+def test_agent_service_account_has_only_the_resolver_rights(netprobe):
+    agent = f"system:serviceaccount:{NAMESPACE}:netprobe-agent"
+    assert allowed(netprobe, agent, "list", "pods") and allowed(netprobe, agent, "watch", "pods")
+    assert allowed(netprobe, agent, "get", "replicasets", "shop", "apps")
+    assert not allowed(netprobe, agent, "get", "secrets", NAMESPACE)
+    assert not allowed(netprobe, agent, "list", "replicasets", None, "apps")
+    assert not allowed(netprobe, agent, "patch", "pods", "shop")
+
+
 def test_operator_runs_with_least_privilege(netprobe):
     def can(verb, resource, namespace=None, group=""):
-        # A SubjectAccessReview, not `kubectl auth can-i`: it works for resources
-        # whose CRD is not installed yet.
-        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                  "spec": {"user": OPERATOR_SA,
-                           "groups": ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}",
-                                      "system:authenticated"],
-                           "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
-                                                  "namespace": namespace or ""}}}
-        reply = netprobe.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
-        return json.loads(reply.stdout)["status"].get("allowed", False)
+        return allowed(netprobe, OPERATOR_SA, verb, resource, namespace, group)
     assert can("patch", "daemonsets", NAMESPACE, "apps")
     assert can("create", "servicemonitors", NAMESPACE, "monitoring.coreos.com")
     assert can("patch", "networkprobes/status", group="netprobe.io")

@@ -288,6 +288,7 @@ class PodFigures:
     active: float = 0
     closed: float = 0
     retransmits: float = 0
+    segments_sent: float | None = None  # when the agent counts them (tcp_retransmit's count_segments)
     resets: float = 0
     rtt_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     rx_buckets: dict[float, float] = field(default_factory=dict)
@@ -295,6 +296,12 @@ class PodFigures:
     @property
     def opened(self) -> float:
         return self.opened_out + self.opened_in
+
+    @property
+    def retransmit_percent(self) -> float | None:
+        if not self.segments_sent:
+            return None
+        return 100 * self.retransmits / self.segments_sent
 
     def rtt(self, q: float) -> float | None:
         return histogram_quantile(q, list(self.rtt_buckets.items()))
@@ -328,6 +335,8 @@ def summarize(metrics_text: str) -> dict[tuple[str, str], PodFigures]:
                 figures.closed += value
             elif name == "netprobe_tcp_retransmits_total":
                 figures.retransmits += value
+            elif name == "netprobe_tcp_segments_sent_total":
+                figures.segments_sent = (figures.segments_sent or 0) + value
             elif name == "netprobe_tcp_resets_total":
                 figures.resets += value
             elif name == "netprobe_tcp_rtt_seconds_bucket":
@@ -360,7 +369,7 @@ def _quantiles(get) -> str:
     return "/".join(_micros(get(q)) for q in (0.5, 0.9, 0.99))
 
 
-SUMMARY_HEADER = ("POD", "CONN/S", "OPENED out/in", "ACTIVE", "CLOSED", "RETRANS", "RESETS",
+SUMMARY_HEADER = ("POD", "CONN/S", "OPENED out/in", "ACTIVE", "CLOSED", "RETRANS", "RETRANS %", "RESETS",
                   "RTT µs p50/p90/p99", "RX LATENCY µs p50/p90/p99")
 
 
@@ -378,8 +387,9 @@ def render_summary(now: dict[tuple[str, str], PodFigures],
             rate = f"{(fig.opened - before[key].opened) / interval:.1f}"
         # unknown addresses come as namespace=pod=host (or external): show that once
         name = key[1] if key[0] in ("", key[1]) else f"{key[0]}/{key[1]}"
+        percent = "-" if fig.retransmit_percent is None else f"{fig.retransmit_percent:.2f}"
         rows.append((name, rate, f"{fig.opened_out:.0f}/{fig.opened_in:.0f}", f"{fig.active:.0f}",
-                     f"{fig.closed:.0f}", f"{fig.retransmits:.0f}", f"{fig.resets:.0f}",
+                     f"{fig.closed:.0f}", f"{fig.retransmits:.0f}", percent, f"{fig.resets:.0f}",
                      _quantiles(fig.rtt), _quantiles(fig.rx_latency)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(SUMMARY_HEADER))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

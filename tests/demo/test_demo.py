@@ -86,6 +86,9 @@ def test_demo_prints_real_figures_per_pod_and_cleans_up():
     assert opened("shop/web-1")[0] > 0 and opened("shop/cart-7")[1] > 0
     assert opened("payments/ledger-4")[1] > 0
     assert int(table["shop/cart-7"]["RETRANS"]) > 0  # the lossy pair, cart-7 -> ledger-4
+    # a lossy pod's share of retransmitted segments is well above a clean one's
+    assert float(table["shop/cart-7"]["RETRANS %"]) > 1
+    assert float(table["tools/loadgen-1"]["RETRANS %"]) < 1
     assert int(table["tools/loadgen-1"]["CLOSED"]) > 0
     for pod in ("shop/web-1", "shop/cart-7", "tools/loadgen-1"):
         p50, p90, p99 = _quantiles(table[pod]["RTT µs p50/p90/p99"])

@@ -14,6 +14,10 @@ netprobe_tcp_connections_opened_total{namespace="shop",pod="web-1",peer_namespac
 # HELP netprobe_tcp_retransmits_total Retransmitted TCP segments.
 # TYPE netprobe_tcp_retransmits_total counter
 netprobe_tcp_retransmits_total{namespace="shop",pod="cart-7",peer_namespace="payments",peer_pod="ledger-4"} 12
+# HELP netprobe_tcp_segments_sent_total TCP segments sent.
+# TYPE netprobe_tcp_segments_sent_total counter
+netprobe_tcp_segments_sent_total{namespace="shop",pod="cart-7",peer_namespace="payments",peer_pod="ledger-4"} 400
+netprobe_tcp_segments_sent_total{namespace="shop",pod="cart-7",peer_namespace="shop",peer_pod="web-1"} 200
 # HELP netprobe_tcp_rtt_seconds Smoothed RTT.
 # TYPE netprobe_tcp_rtt_seconds histogram
 netprobe_tcp_rtt_seconds_bucket{namespace="shop",pod="web-1",peer_pod="cart-7",le="1e-05"} 0
@@ -58,6 +62,8 @@ def test_summary_sums_over_peers_and_splits_direction():
     web = pods[("shop", "web-1")]
     assert (web.opened_out, web.opened_in, web.opened) == (10, 100, 110)
     assert pods[("shop", "cart-7")].retransmits == 12
+    assert pods[("shop", "cart-7")].retransmit_percent == 2.0   # 12 of 600 segments
+    assert web.retransmit_percent is None                       # no segment counts: no ratio
     assert web.retransmits == 0
     # two peers' histograms add up bucket by bucket: 10 in (10, 20] µs, 30 in (20, 40] µs
     assert web.rtt_buckets == {1e-05: 0, 2e-05: 10, 4e-05: 40, math.inf: 40}

@@ -45,16 +45,16 @@ def test_rules_name_only_exported_metrics(render_probe):
 
 
 RETRANSMIT_DESCRIPTION = (
-    "Pod {ns}/{pod} has retransmitted more than {thr} TCP segments per second for 10m: "
-    "packet loss or congestion on its path (the dashboard shows which peers).")
+    "Pod {ns}/{pod} has retransmitted more than {ratio} of the TCP segments it sent (and more than {floor} "
+    "segments/s) for 10m: packet loss or congestion on its path (the dashboard shows which peers).")
 
 
-def retransmit_alert(ns: str, pod: str, value: str, thr: str) -> dict:
+def retransmit_alert(ns: str, pod: str, value: str, ratio: str = "2 %", floor: str = "1") -> dict:
     return {
         "exp_labels": {"severity": "warning", "namespace": ns, "pod": pod},
         "exp_annotations": {
-            "summary": f"Pod {ns}/{pod} retransmits {value} TCP segments/s",
-            "description": RETRANSMIT_DESCRIPTION.format(ns=ns, pod=pod, thr=thr),
+            "summary": f"Pod {ns}/{pod} retransmits {value} of its TCP segments",
+            "description": RETRANSMIT_DESCRIPTION.format(ns=ns, pod=pod, ratio=ratio, floor=floor),
         },
     }
 
@@ -68,45 +68,58 @@ def run_unit_tests(tmp_path: Path, rules: Path, tests: list[dict], series: list[
 
 
 def retransmit_series(job: str) -> list[dict]:
-    # cart-1 retransmits 3 segments/s (180 per minute), cart-2 0.5/s (30 per minute),
-    # both split over two peers to show the alert sums per pod.
+    """Per minute: retransmits and segments sent, split over peers to show the sums per pod.
+
+    cart-1: 3 retransmits/s of 30 segments/s = 10 %  (above ratio and floor)
+    cart-2: 0.5/s of 5/s = 10 %                      (above ratio, under the default floor)
+    cart-4: 3/s of 1000/s = 0.3 %                    (above the floor, under the ratio)
+    """
+    def pair(pod, peer, retrans_per_min, sent_per_min, job=job):
+        labels = f'job="{job}",namespace="shop",pod="{pod}",peer_namespace="{peer}"'
+        return [{"series": f"netprobe_tcp_retransmits_total{{{labels}}}", "values": f"0+{retrans_per_min}x40"},
+                {"series": f"netprobe_tcp_segments_sent_total{{{labels}}}", "values": f"0+{sent_per_min}x40"}]
     return [
-        {"series": f'netprobe_tcp_retransmits_total{{job="{job}",namespace="shop",pod="cart-1",peer_namespace="pay"}}',
-         "values": "0+120x40"},
-        {"series": f'netprobe_tcp_retransmits_total{{job="{job}",namespace="shop",pod="cart-1",peer_namespace="db"}}',
-         "values": "0+60x40"},
-        {"series": f'netprobe_tcp_retransmits_total{{job="{job}",namespace="shop",pod="cart-2",peer_namespace="pay"}}',
-         "values": "0+30x40"},
+        *pair("cart-1", "pay", 120, 1200), *pair("cart-1", "db", 60, 600),
+        *pair("cart-2", "pay", 30, 300),
+        *pair("cart-4", "pay", 180, 60000),
         # another probe's agents: never this probe's alert
-        {"series": 'netprobe_tcp_retransmits_total{job="netprobe-other",namespace="shop",pod="cart-3"}',
-         "values": "0+600x40"},
+        *pair("cart-3", "pay", 600, 600, job="netprobe-other"),
     ]
 
 
 def test_retransmit_alert_fires_above_the_threshold_only(render_probe, tmp_path):
-    rules = write_rules(tmp_path, render_probe({"programs": ALL}))  # default: 1 segment/s
+    rules = write_rules(tmp_path, render_probe({"programs": ALL}))  # default: 2 % and 1 segment/s
     alert = "NetprobeHighTcpRetransmitRate"
     tests = [
         # pending (for: 10m) but not firing yet
         {"eval_time": "8m", "alertname": alert, "exp_alerts": []},
-        # firing for cart-1 (3/s > 1/s), not for cart-2 (0.5/s) nor another probe's pod
-        {"eval_time": "20m", "alertname": alert, "exp_alerts": [retransmit_alert("shop", "cart-1", "3", "1")]},
+        # firing for cart-1 only: cart-2 is under the floor, cart-4 under the ratio
+        {"eval_time": "20m", "alertname": alert, "exp_alerts": [retransmit_alert("shop", "cart-1", "10%")]},
     ]
     result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
 
-def test_retransmit_threshold_comes_from_the_spec(render_probe, tmp_path):
+def test_retransmit_thresholds_come_from_the_spec(render_probe, tmp_path):
     rules = write_rules(tmp_path, render_probe({
         "programs": ALL, "prometheusRule": {"thresholds": {"retransmitsPerSecond": 0.25}}}))
     tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": [
-        retransmit_alert("shop", "cart-1", "3", "0.25"), retransmit_alert("shop", "cart-2", "500m", "0.25")]}]
+        retransmit_alert("shop", "cart-1", "10%", floor="0.25"),
+        retransmit_alert("shop", "cart-2", "10%", floor="0.25")]}]
     result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
     assert result.returncode == 0, result.stdout + result.stderr
 
     rules = write_rules(tmp_path, render_probe({
-        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitsPerSecond": 5}}}))
+        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitRatio": 0.002}}}))
+    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": [
+        retransmit_alert("shop", "cart-1", "10%", ratio="0.2 %"),
+        retransmit_alert("shop", "cart-4", "0.3%", ratio="0.2 %")]}]
+    result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    rules = write_rules(tmp_path, render_probe({
+        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitRatio": 0.5}}}))
     tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": []}]
     result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
     assert result.returncode == 0, result.stdout + result.stderr

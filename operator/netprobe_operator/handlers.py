@@ -75,10 +75,7 @@ def probe_changed(body: kopf.Body, probes: kopf.Index, **_: Any) -> None:
 
 
 def _reconcile(probe: rec.ProbeSnapshot, index: kopf.Index) -> None:
-    try:
-        outcome = reconciler().reconcile(probe, _all(index))
-    except rec.ApplyFailed as err:
-        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
+    outcome = reconciler().reconcile(probe, _all(index))
     if outcome is not None and outcome.retry:  # e.g. RBAC granted later: the status says what was refused
         raise kopf.TemporaryError("; ".join(p.message for p in outcome.problems),
                                   delay=RETRY_DELAY_SECONDS)
@@ -93,7 +90,7 @@ def _child_event(kind: str, event: str, body: kopf.Body, labels: kopf.Labels,
         return
     try:
         reconciler().child_changed(probe, kind, body, event == "DELETED", _all(index))
-    except (rec.ApplyFailed, kube_mod.ApiError) as err:
+    except kube_mod.ApiError as err:
         raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
 
 

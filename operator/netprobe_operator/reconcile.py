@@ -55,10 +55,6 @@ class ProbeSnapshot:
             node_selector=self.spec.get("nodeSelector") or {})
 
 
-class ApplyFailed(Exception):
-    """The API refused an object; the status says which, kopf retries later."""
-
-
 class Reconciler:
     def __init__(self, kube: kube_mod.Kube, config: s.OperatorSettings):
         self.kube = kube
@@ -145,8 +141,12 @@ class Reconciler:
             for manifest in wanted:
                 stored[manifest["kind"]] = self.kube.apply(manifest)
             self._prune(probe, wanted, served)
-        except kube_mod.ApiError as err:
-            raise ApplyFailed(f"applying NetworkProbe {probe.name}: {err}") from err
+        except kube_mod.ApiError as err:  # after a passing dry run: a race, e.g. RBAC revoked
+            return status.Outcome(
+                applied=False, monitoring=monitoring, skipped=skipped,
+                problems=[validation.Problem("ApplyFailed", f"applying failed midway: {err}")],
+                daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name),
+                retry=True)
         self._applied[probe.name] = (probe.uid, probe.generation, render.RenderedSet(wanted))
         return status.Outcome(applied=True, warnings=warnings, skipped=skipped,
                               monitoring=monitoring, daemonset=stored.get("DaemonSet"))

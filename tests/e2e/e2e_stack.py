@@ -34,8 +34,7 @@ from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
 from netprobe_testbed.netns import Lab
 from netprobe_testbed.prometheus import PrometheusServer, free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
-import netprobe_cluster as nc  # noqa: E402  (the operator harness: install, start as its ServiceAccount)
+from netprobe_testbed import operator_harness as nc  # install, operator as its ServiceAccount
 
 NAMESPACE = nc.NAMESPACE
 HOST = socket.gethostname()

@@ -13,8 +13,8 @@ import json
 import pytest
 import yaml
 
-import netprobe_cluster as nc
-from netprobe_cluster import NAMESPACE, REPO
+from netprobe_testbed import operator_harness as nc
+from netprobe_testbed.operator_harness import NAMESPACE, REPO
 
 pytestmark = pytest.mark.cluster
 

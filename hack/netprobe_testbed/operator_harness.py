@@ -1,4 +1,4 @@
-"""The operator against the real control plane: set-up and helpers for the cluster tests.
+"""The operator against the real control plane: set-up and helpers for the operator and end-to-end tests.
 
 `kubectl apply -k manifests/` as a user would, then the operator as a real
 process (`netprobe-operator`) authenticated as ITS ServiceAccount through a

@@ -17,18 +17,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import time
 import uuid
-from typing import Callable, TypeVar
 
 from kubernetes import client
 
 from .cluster import pinned_kubernetes_version
+from .polling import wait_for  # noqa: F401  (re-exported: tests wait on controllers)
 
 MERGE_PATCH = "application/merge-patch+json"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
-
-T = TypeVar("T")
 
 
 def core_v1(api: client.ApiClient | client.CoreV1Api) -> client.CoreV1Api:
@@ -183,21 +180,3 @@ def mark_pod_running(api: client.ApiClient | client.CoreV1Api, namespace: str, n
                                            for c in pod.spec.init_containers]
     return core.patch_namespaced_pod_status(name, namespace, {"status": status},
                                             _content_type=MERGE_PATCH)
-
-
-def wait_for(what: str, probe: Callable[[], T], timeout: float = 60.0,
-             interval: float = 0.25) -> T:
-    """Poll probe() until it returns something truthy and return that; else TimeoutError.
-
-    Controllers act asynchronously: this is how a test waits for them, with the last
-    value seen in the error to tell what did happen.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; "
-                               f"last saw {value!r}")
-        time.sleep(interval)

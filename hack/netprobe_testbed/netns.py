@@ -17,11 +17,12 @@ import ipaddress
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from netprobe_testbed.polling import wait_for
 
 LOCK_DIR = Path("/run/netprobe-lab")
 MAX_SLOTS = 200
@@ -304,11 +305,4 @@ class Lab:
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value; raise TimeoutError otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(what, predicate, timeout=timeout, interval=interval)

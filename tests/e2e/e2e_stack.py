@@ -27,7 +27,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from kubernetes import client
 
 from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
@@ -149,7 +148,7 @@ class Stack:
     # --- the agent, as its DaemonSet pod ---------------------------------------
     def _start_agent_as_daemonset_pod(self) -> None:
         ds_name = f"netprobe-{PROBE}"
-        ds = wait_for("the agent DaemonSet", lambda: self._read_daemonset(ds_name), timeout=60)
+        wait_for("the agent DaemonSet", lambda: self._read_daemonset(ds_name), timeout=60)
         pod = wait_for("the agent pod bound to this host", lambda: next(
             (p for p in self.core.list_namespaced_pod(NAMESPACE, label_selector=f"netprobe.io/probe={PROBE}").items
              if p.spec.node_name == HOST), None), timeout=60)

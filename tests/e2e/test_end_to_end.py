@@ -16,13 +16,10 @@ proves one claim of the issue on the traffic made by the fixture.
 from __future__ import annotations
 
 import re
-import time
-import urllib.request
 
 import pytest
 from kubernetes import client
 
-from netprobe_testbed.kube import mark_pod_running, register_node
 from netprobe_testbed.netns import wait_until
 
 import e2e_stack

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,16 +12,30 @@ from bench.common import wait_listening
 IPERF3_PORT = 5201
 SOCKPERF_PORT = 11111
 
+# Client and server pinned to one and the same CPU in every run. Left to the
+# scheduler, a ping-pong ran at 14k or 50k round trips/s depending on whether
+# both ends happened to share a CPU, which drowned any agent effect; on two
+# CPUs it was steady at ~12k but noisy from whatever else ran. On one CPU it
+# is steady (52k-62k here), and the whole path - client, softirq with the
+# agent's programs, server - is serial there, so the agent's cost is not hidden
+# by parallelism.
+CLIENT_CPU = SERVER_CPU = (os.cpu_count() or 1) - 1
+
+
+def pinned(cpu: int, argv: list) -> list:
+    return ["taskset", "--cpu-list", str(cpu), *argv]
+
 
 def start_iperf3_server(pod) -> subprocess.Popen:
-    proc = pod.popen(["iperf3", "--server", "--port", IPERF3_PORT],
+    proc = pod.popen(pinned(SERVER_CPU, ["iperf3", "--server", "--port", IPERF3_PORT]),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(pod, IPERF3_PORT)
     return proc
 
 
 def iperf3_client_argv(server_ip: str, seconds: float) -> list[str]:
-    return ["iperf3", "--client", server_ip, "--port", IPERF3_PORT, "--time", f"{seconds:g}", "--json"]
+    return pinned(CLIENT_CPU, ["iperf3", "--client", server_ip, "--port", IPERF3_PORT,
+                               "--time", f"{seconds:g}", "--json"])
 
 
 def iperf3_bits_per_second(pod, server_ip: str, seconds: float) -> float:
@@ -33,7 +48,7 @@ def iperf3_bits_per_second(pod, server_ip: str, seconds: float) -> float:
 
 
 def start_sockperf_server(pod, ip: str) -> subprocess.Popen:
-    proc = pod.popen(["sockperf", "server", "--tcp", "-i", ip, "-p", SOCKPERF_PORT],
+    proc = pod.popen(pinned(SERVER_CPU, ["sockperf", "server", "--tcp", "-i", ip, "-p", SOCKPERF_PORT]),
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(pod, SOCKPERF_PORT)
     return proc
@@ -45,8 +60,8 @@ def sockperf_pingpong_argv(server_ip: str, seconds: float, msg_size: int = 64,
 
     `mps` caps the messages per second (None: as fast as the round trips allow).
     """
-    return ["sockperf", "ping-pong", "--tcp", "-i", server_ip, "-p", SOCKPERF_PORT,
-            "-t", f"{seconds:g}", "-m", msg_size, "--mps", "max" if mps is None else mps]
+    return pinned(CLIENT_CPU, ["sockperf", "ping-pong", "--tcp", "-i", server_ip, "-p", SOCKPERF_PORT,
+                               "-t", f"{seconds:g}", "-m", msg_size, "--mps", "max" if mps is None else mps])
 
 
 def sockperf_round_trips_per_second(output: str) -> float:

@@ -10,11 +10,14 @@ from /proc/<pid>/stat, its memory from /proc/<pid>/status.
 """
 from __future__ import annotations
 
+import re
+import statistics
 import subprocess
 import time
 from pathlib import Path
 
 from bench.common import CpuAccount, Figure, interface_packets, log, process_memory_kib, running_agent
+from bench.metrics_render import agent_collect_seconds, count_series
 from bench.traffic import sockperf_pingpong_argv, sockperf_round_trips_per_second, start_sockperf_server
 from netprobe_testbed.netns import Lab
 
@@ -25,23 +28,33 @@ WARMUP_SCRAPES = 3
 LOW_RATE_MPS = 200  # messages/s in the low-rate window (each: a request and a response)
 
 
+def map_entries(exposition: str) -> int:
+    """Entries in all the agent's BPF maps (netprobe_map_entries), what a scrape walks."""
+    return int(sum(float(v) for v in re.findall(r"^netprobe_map_entries\{[^}]*\} (\S+)$", exposition, flags=re.M)))
+
+
 def _window(agent, cpu: CpuAccount, client, server, seconds: float, mps: int | None, scrape: bool) -> dict:
     """One measurement window: traffic for `seconds`, scraping on schedule if `scrape`."""
     cpu0, total0 = cpu.user_system_ns(), cpu.total_ns()
     packets0, t0 = interface_packets(server.host_veth), time.monotonic()
     proc = client.popen(sockperf_pingpong_argv(server.ip4, seconds, mps=mps),
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    next_scrape = t0
+    next_scrape, expositions = t0, []
     while proc.poll() is None:
         if scrape and time.monotonic() >= next_scrape:
-            agent.metrics_text()
+            expositions.append(agent.metrics_text())
             next_scrape += SCRAPE_EVERY
         time.sleep(0.05)
     output = proc.stdout.read()
     cpu1, total1 = cpu.user_system_ns(), cpu.total_ns()
     packets1, t1 = interface_packets(server.host_veth), time.monotonic()
     user, system = (cpu1[0] - cpu0[0]) / 1e9, (cpu1[1] - cpu0[1]) / 1e9
-    return {"seconds": t1 - t0, "user": user, "system": system, "cpu": (total1 - total0) / 1e9,
+    scraped = {}
+    if expositions:
+        collect = [c for c in map(agent_collect_seconds, expositions) if c is not None]
+        scraped = {"series": count_series(expositions[-1]), "map_entries": map_entries(expositions[-1]),
+                   "collect_ms": statistics.median(collect) * 1e3 if collect else float("nan")}
+    return {"seconds": t1 - t0, "user": user, "system": system, "cpu": (total1 - total0) / 1e9, **scraped,
             "packets_per_second": (packets1 - packets0) / (t1 - t0),
             "round_trips_per_second": sockperf_round_trips_per_second(output)}
 
@@ -79,9 +92,12 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
         return w["cpu"] / w["seconds"] * 100
 
     def detail(w, scrape):
-        return (f"{w['cpu']:.4f} CPU s ({w['user']:.2f}s user + {w['system']:.2f}s system in ticks) "
-                f"over {w['seconds']:.1f}s at "
-                f"{w['packets_per_second']:,.0f} packets/s" + (f", {scrapes} scrapes" if scrape else ", not scraped"))
+        text = (f"{w['cpu']:.4f} CPU s ({w['user']:.2f}s user + {w['system']:.2f}s system in ticks) "
+                f"over {w['seconds']:.1f}s at {w['packets_per_second']:,.0f} packets/s")
+        if not scrape:
+            return text + ", not scraped"
+        return (text + f", {scrapes} scrapes of {w['series']:,} series from {w['map_entries']:,} map entries "
+                f"(agent's collect time median {w['collect_ms']:.1f} ms)")
 
     low, high = windows["low", False], windows["high", False]
     figures = [

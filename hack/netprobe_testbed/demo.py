@@ -478,6 +478,9 @@ def run(duration: float, listen: str, refresh: float) -> int:
     except AgentError as e:
         print(f"netprobe demo: {e}", file=sys.stderr)
         return 1
+    except subprocess.CalledProcessError as e:  # setting up the lab failed: say which command and why
+        print(f"netprobe demo: {' '.join(map(str, e.cmd))} failed: {(e.stderr or '').strip()}", file=sys.stderr)
+        return 1
     finally:
         # A second Ctrl-C must not cut the clean-up short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -506,7 +509,8 @@ def _summary_loop(agent: AgentProcess, duration: float, refresh: float) -> None:
         table = render_summary(now, before, now_at - before_at)
         heading = f"--- netprobe demo: {elapsed:.0f}s, {agent.base_url}/metrics ---"
         if interactive:
-            sys.stdout.write("\033[H\033[2J")  # redraw in place
+            sys.stdout.write("\033[H\033[2J")  # redraw in place; the start-up lines scroll away
+            heading += f"\nCtrl-C to stop; agent log {agent.log}"
         say(f"{heading}\n{table}")
         before, before_at = now, now_at
         if duration and elapsed >= duration:

@@ -93,9 +93,12 @@ def test_demo_prints_real_figures_per_pod_and_cleans_up():
     for pod in ("shop/web-1", "shop/cart-7", "tools/loadgen-1"):
         p50, p90, p99 = _quantiles(table[pod]["RTT µs p50/p90/p99"])
         assert 0 < p50 <= p90 <= p99 < 5_000_000, pod
-    for pod in ("shop/web-1", "shop/cart-7", "payments/ledger-4"):
+    # rx latency (tracepoint path) ends when a reader gets the data: on the lossy
+    # receiver data waits for retransmissions (RTO backoff: seconds), bounded by
+    # the agent's stale_after_ms (10 s); where nothing is lost, well under a second
+    for pod, bound_us in (("shop/web-1", 1e6), ("shop/cart-7", 1e6), ("payments/ledger-4", 10e6)):
         p50, p90, p99 = _quantiles(table[pod]["RX LATENCY µs p50/p90/p99"])
-        assert 0 < p50 <= p90 <= p99 < 1_000_000, pod
+        assert 0 < p50 <= p90 <= p99 < bound_us, pod
     _assert_all_removed(proc.stdout)
 
 

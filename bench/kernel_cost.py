@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import Figure, log, running_agent
-from bench.traffic import iperf3_client_argv, start_iperf3_server, start_short_connections
+from bench.traffic import iperf3_client_argv, start_iperf3_server
 from netprobe_testbed.netns import Lab
 
 NAME = "kernel_cost"
@@ -165,8 +165,8 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
                 before = prog_stats(ids)
                 started = time.monotonic()
                 background = [
-                    start_short_connections(client, server.ip4, ECHO_PORT, refused_every=10),
-                    start_short_connections(client, lossy.ip4, ECHO_PORT, size=16384),
+                    lab.start_requests("client", server.ip4, ECHO_PORT, refused_every=10),
+                    lab.start_requests("client", lossy.ip4, ECHO_PORT, size=16384),
                 ]
                 log(f"traffic for {seconds:g}s: iperf3 stream, short connections (10 % refused), "
                     "20 % lossy pair")

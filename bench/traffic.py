@@ -5,7 +5,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 from bench.common import wait_listening
 
@@ -79,29 +78,3 @@ def sockperf_pingpong(pod, server_ip: str, seconds: float, mps: int | None = Non
     return sockperf_round_trips_per_second(res.stdout + res.stderr)
 
 
-# Short connections in a loop until killed: connect, send, half-close, read the echo to EOF, close.
-# With `refused_every` > 0 every n-th attempt goes to a closed port (a reset).
-_SHORT_CONNECTIONS = r"""
-import socket, sys
-host, port, closed_port, refused_every, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-payload = b"s" * size
-n = 0
-while True:
-    n += 1
-    target = closed_port if refused_every and n % refused_every == 0 else port
-    try:
-        with socket.create_connection((host, target), timeout=10) as c:
-            c.sendall(payload)
-            c.shutdown(socket.SHUT_WR)  # the lab's echo server answers once the request is complete
-            while c.recv(65536):
-                pass
-    except OSError:
-        pass
-"""
-
-
-def start_short_connections(pod, server_ip: str, port: int, size: int = 64,
-                            closed_port: int = 9, refused_every: int = 0) -> subprocess.Popen:
-    """A client process making short connections as fast as it can (the lab kills it on stop)."""
-    return pod.popen([sys.executable, "-c", _SHORT_CONNECTIONS, server_ip, port, closed_port,
-                      refused_every, size], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

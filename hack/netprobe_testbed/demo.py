@@ -62,27 +62,6 @@ LOSSY_DROP_PERCENT = 20
 
 # --- traffic -----------------------------------------------------------------
 
-# A traffic loop run inside a pod: `batch` connections (connect, send, half-close, read the
-# echo to EOF, close), then a pause, forever. One long-lived process per stream
-# (rather than a process per request) keeps the demo's own CPU low and lets the
-# lab kill every stream exactly.
-_TRAFFIC_LOOP = r"""
-import socket, sys, time
-host, port, size, batch, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-payload = b"r" * size
-while True:
-    for _ in range(batch):
-        try:
-            with socket.create_connection((host, port), timeout=10) as c:
-                c.sendall(payload)
-                c.shutdown(socket.SHUT_WR)  # the lab's echo server answers once the request is complete
-                while c.recv(65536):
-                    pass
-        except OSError:
-            pass
-    time.sleep(pause)
-"""
-
 
 @dataclass(frozen=True)
 class TrafficStream:
@@ -115,10 +94,8 @@ def start_traffic(lab: Lab, streams=TRAFFIC) -> None:
     for stream in streams:
         dst = lab.pods[stream.dst]
         ip = dst.ip4 if stream.family == 4 else dst.ip6
-        lab.pods[stream.src].popen(
-            [sys.executable, "-c", _TRAFFIC_LOOP, ip, ECHO_PORT, stream.payload, stream.batch, stream.pause],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # the lab makes them die with the demo
+        lab.start_requests(stream.src, ip, ECHO_PORT, size=stream.payload, batch=stream.batch,
+                           pause=stream.pause)
 
 
 # --- the agent -------------------------------------------------------------------

@@ -82,6 +82,32 @@ print(ok)
 """
 
 
+# Requests in a loop until killed: `batch` requests (as above), then `pause`
+# seconds, forever. With refused_every = n > 0, every n-th request goes to
+# `closed_port` instead (a refused connection: a reset). One long-lived process
+# per stream keeps the generator's own CPU low and the count of processes known.
+_REQUEST_LOOP = r"""
+import socket, sys, time
+host, port, size, batch, pause, closed_port, refused_every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+payload = b"r" * size
+n = 0
+while True:
+    for _ in range(batch):
+        n += 1
+        target = closed_port if refused_every and n % refused_every == 0 else port
+        try:
+            with socket.create_connection((host, target), timeout=10) as c:
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(65536):
+                    pass
+        except OSError:
+            pass
+    if pause:
+        time.sleep(pause)
+"""
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: a lab process must not outlive its test."""
     import ctypes
@@ -251,6 +277,13 @@ class Lab:
         res = self.pods[src].run([sys.executable, "-c", _CONNECT_MANY, dst_ip, port, count,
                                   len(payload), timeout], timeout=count * timeout + 30)
         return int(res.stdout.strip() or 0)
+
+    def start_requests(self, src: str, dst_ip: str, port: int, size: int = 64, batch: int = 1,
+                       pause: float = 0.0, closed_port: int = 9, refused_every: int = 0) -> subprocess.Popen:
+        """Requests from `src` in a loop until the lab stops (see _REQUEST_LOOP)."""
+        return self.pods[src].popen(
+            [sys.executable, "-c", _REQUEST_LOOP, dst_ip, port, size, batch, pause, closed_port, refused_every],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def add_random_drop(self, pod: str, percent: int, from_ip: str | None = None) -> None:
         """Drop `percent` % of the packets arriving at `pod` (optionally only from `from_ip`).

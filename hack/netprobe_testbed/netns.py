@@ -127,10 +127,12 @@ class Pod:
     ip4: str
     ip6: str
     host_veth: str
+    cpu: int | None = None
     processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
 
     def _argv(self, argv) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *map(str, argv)]
+        pin = ["taskset", "-c", str(self.cpu)] if self.cpu is not None else []
+        return ["ip", "netns", "exec", self.netns, *pin, *map(str, argv)]
 
     def run(self, argv, check: bool = True, timeout: float | None = 120) -> subprocess.CompletedProcess:
         return subprocess.run(self._argv(argv), check=check, capture_output=True, text=True, timeout=timeout)
@@ -144,13 +146,19 @@ class Pod:
 class Lab:
     """Network namespaces joined by a bridge; a context manager that removes all it made."""
 
-    def __init__(self, pod_names: list[str], prefix: str = "np"):
+    def __init__(self, pod_names: list[str], prefix: str = "np", pin_cpu: int | None = None):
+        """`pin_cpu` runs every lab process on that CPU. A veth hands a packet to
+        the backlog of the CPU that sent it, so a sender that moves between CPUs
+        can reorder its own segments, and TCP may answer with a retransmission
+        although nothing was lost: tests that assert "no retransmits without
+        loss" pin."""
         if not pod_names:
             raise ValueError("a lab needs at least one pod")
         if len(pod_names) > 250:
             raise ValueError("at most 250 pods in one lab")
         self.pod_names = list(pod_names)
         self.prefix = prefix
+        self.pin_cpu = pin_cpu
         self.slot: int | None = None
         self.pods: dict[str, Pod] = {}
         self._lock_fd: int | None = None
@@ -197,7 +205,8 @@ class Lab:
         host_veth = f"{self.prefix}{self.slot}v{index}"
         if len(host_veth) > 15:
             raise ValueError(f"interface name {host_veth!r} too long; use a shorter prefix")
-        pod = Pod(name, netns, f"10.77.{self.slot}.{index}", f"fd77:{self.slot:x}::{index:x}", host_veth)
+        pod = Pod(name, netns, f"10.77.{self.slot}.{index}", f"fd77:{self.slot:x}::{index:x}", host_veth,
+                  cpu=self.pin_cpu)
         _sh("ip", "netns", "add", netns)
         _sh("ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
         _sh("ip", "link", "set", host_veth, "master", self.bridge)

@@ -47,7 +47,7 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
 @pytest.fixture(scope="module")
 def lab():
     need_root()
-    with Lab(list(NAMES)) as lab:
+    with Lab(list(NAMES), pin_cpu=0) as lab:  # clean pairs must show no retransmit (Lab docstring)
         yield lab
 
 

@@ -69,7 +69,7 @@ class Stack:
         self.cp, self.api, self.workdir = cp, api, workdir
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
-        self.lab = Lab(LAB_PODS, prefix="e2e")
+        self.lab = Lab(LAB_PODS, prefix="e2e", pin_cpu=0)  # clean pairs must show no retransmit
         self.identities: dict[str, Identity] = {}
         self.connections_made: dict[tuple[str, str], int] = {}
         self.netprobe = None

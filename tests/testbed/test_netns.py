@@ -48,3 +48,9 @@ def test_parallel_labs_get_distinct_slots_and_cleanup_is_complete(tmp_path):
     assert not made & _netns_names()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert not any(f" {b}:" in links for b in bridges)
+
+
+def test_pinned_lab_runs_its_processes_on_that_cpu():
+    with Lab(["a"], pin_cpu=0) as lab:
+        out = lab.pods["a"].run(["grep", "Cpus_allowed_list", "/proc/self/status"]).stdout
+        assert out.split()[-1] == "0"

@@ -101,26 +101,18 @@ def test_retransmit_alert_fires_above_the_threshold_only(render_probe, tmp_path)
     assert "SUCCESS" in result.stdout
 
 
-def test_retransmit_thresholds_come_from_the_spec(render_probe, tmp_path):
-    rules = write_rules(tmp_path, render_probe({
-        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitsPerSecond": 0.25}}}))
-    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": [
-        retransmit_alert("shop", "cart-1", "10%", floor="0.25"),
-        retransmit_alert("shop", "cart-2", "10%", floor="0.25")]}]
-    result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-    rules = write_rules(tmp_path, render_probe({
-        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitRatio": 0.002}}}))
-    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": [
-        retransmit_alert("shop", "cart-1", "10%", ratio="0.2 %"),
-        retransmit_alert("shop", "cart-4", "0.3%", ratio="0.2 %")]}]
-    result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-    rules = write_rules(tmp_path, render_probe({
-        "programs": ALL, "prometheusRule": {"thresholds": {"retransmitRatio": 0.5}}}))
-    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate", "exp_alerts": []}]
+@pytest.mark.parametrize("thresholds, expected", [
+    # a lower floor lets cart-2 (10 % at 0.5/s) fire too
+    ({"retransmitsPerSecond": 0.25}, [("cart-1", "10%", {"floor": "0.25"}), ("cart-2", "10%", {"floor": "0.25"})]),
+    # a lower ratio lets cart-4 (0.3 % at 3/s) fire too
+    ({"retransmitRatio": 0.002}, [("cart-1", "10%", {"ratio": "0.2 %"}), ("cart-4", "0.3%", {"ratio": "0.2 %"})]),
+    # a ratio above everyone's: nothing fires
+    ({"retransmitRatio": 0.5}, []),
+], ids=["floor", "ratio-low", "ratio-high"])
+def test_retransmit_thresholds_come_from_the_spec(render_probe, tmp_path, thresholds, expected):
+    rules = write_rules(tmp_path, render_probe({"programs": ALL, "prometheusRule": {"thresholds": thresholds}}))
+    tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate",
+              "exp_alerts": [retransmit_alert("shop", pod, value, **kw) for pod, value, kw in expected]}]
     result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -15,14 +15,13 @@ import signal
 import sys
 import threading
 
-from prometheus_client import CollectorRegistry
-
 from node_agent.config import AgentConfig, ConfigError, load_config
 from node_agent.kernel.features import KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
 from node_agent.kernel.mounts import ensure_pseudo_filesystems
 from node_agent.logs import setup_logging
 from node_agent.metrics.collector import AgentCollector, AgentState
+from node_agent.metrics.exposition import ExpositionCache
 from node_agent.resolver.factory import make_resolver
 from node_agent.runtime.manager import ProgramManager
 from node_agent.runtime.memory import release_compiler_memory
@@ -52,8 +51,7 @@ class Agent:
         self.manager = ProgramManager(self.features)
         self.state = AgentState()
         self.collector = AgentCollector(self.manager, self.state)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.collector)
+        self.exposition = ExpositionCache()
         self.resolver = None
         self.server = None
         self.stopping = threading.Event()
@@ -78,7 +76,7 @@ class Agent:
         self.resolver = self._start_resolver(self.config)
         self.state.resolver = self.resolver
         try:
-            self.server = serve(self.config.listen_host, self.config.listen_port, self.registry, self.ready)
+            self.server = serve(self.config.listen_host, self.config.listen_port, self.metrics_text, self.ready)
         except OSError as e:
             raise StartupError(f"listen: cannot serve on {self.config.listen}: {e.strerror or e}") from None
         log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz"}})
@@ -101,6 +99,10 @@ class Agent:
     def _apply_labels(self, config: AgentConfig) -> None:
         self.state.labels = config.labels
         logging.getLogger().setLevel(config.log_level.upper())
+
+    def metrics_text(self) -> bytes:
+        """One /metrics body: the collector's families, rendered by the exposition cache."""
+        return self.exposition.render(self.collector.families())
 
     def ready(self) -> tuple[bool, str]:
         if not self._started:

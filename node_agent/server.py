@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics (private registry), /healthz, /readyz."""
+"""HTTP endpoints: /metrics, /healthz, /readyz."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
@@ -17,16 +17,18 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def serve(host: str, port: int, registry: CollectorRegistry,
+def serve(host: str, port: int, metrics: Callable[[], bytes],
           ready: Callable[[], tuple[bool, str]]) -> ThreadingHTTPServer:
-    """Start serving in a thread; returns the server (call .shutdown() to stop)."""
+    """Start serving in a thread; returns the server (call .shutdown() to stop).
+
+    `metrics` returns one scrape's body in text format 0.0.4."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 try:
-                    body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+                    body, status, ctype = metrics(), 200, CONTENT_TYPE_LATEST
                 except Exception as e:
                     log.exception("scrape failed")
                     body, status, ctype = f"scrape failed: {e}\n".encode(), 500, "text/plain"

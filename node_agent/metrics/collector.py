@@ -13,15 +13,16 @@ import logging
 import time
 from collections import defaultdict
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from node_agent.metrics.histogram import cumulative_buckets
+from node_agent.metrics.exposition import Family, HistogramFamily, ScalarFamily
+from node_agent.metrics.histogram import bucket_labels, cumulative_counts
 from node_agent.metrics.keys import decode_key
 from node_agent.metrics.labels import LabelScope, NodeAddresses
 from node_agent.programs import CATALOGUE
 from node_agent.runtime.instance import ProgramInstance
 from node_agent.runtime.manager import ProgramManager
-from node_agent.runtime.spec import Metric
+from node_agent.runtime.spec import Metric as MetricSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,19 @@ class AgentCollector:
         """Names only, so registering never reads kernel maps."""
         for spec in CATALOGUE.values():
             for m in spec.metrics:
-                yield self._family(m, [])
+                yield self._family(m, []).to_metric()
         yield GaugeMetricFamily("netprobe_program_info", "", labels=["program", "attach"])
 
     def collect(self):
+        """The registry protocol: every family as a prometheus_client object."""
+        for family in self.families():
+            yield family if isinstance(family, Metric) else family.to_metric()
+
+    def families(self) -> list[Family]:
+        """This scrape: the program metrics as exposition rows (rendered by
+        ExpositionCache, the /metrics path), the agent's own as prometheus_client families."""
         started = time.perf_counter()
-        families = []
+        out: list[Family] = []
         with self.manager.lock:
             instances = self.manager.running()
             scope = None
@@ -96,30 +104,30 @@ class AgentCollector:
             map_stats = []
             for inst in instances:
                 try:
-                    families += self._program_families(inst, scope, map_stats)
+                    out += self._program_families(inst, scope, map_stats)
                 except Exception as e:   # one broken program must not break the scrape
                     self.scrape_errors[inst.name] += 1
                     log.exception("reading maps failed", extra={"kv": {"program": inst.name, "error": str(e)}})
             self._forget_stopped(instances)
-        families += self._self_families(instances, map_stats, scope)
+        out += self._self_families(instances, map_stats, scope)
         if self.state.resolver is not None and hasattr(self.state.resolver, "collect"):
             try:
-                families += list(self.state.resolver.collect())
+                out += list(self.state.resolver.collect())
             except Exception as e:
                 log.warning("resolver metrics failed", extra={"kv": {"error": str(e)}})
         duration = GaugeMetricFamily("netprobe_agent_scrape_duration_seconds",
                                      "Time this agent took to read its maps and build this scrape.")
         duration.add_metric([], time.perf_counter() - started)
-        families.append(duration)
-        return families
+        out.append(duration)
+        return out
 
     # -- program metrics -----------------------------------------------
-    def _family(self, m: Metric, label_names: list[str]):
-        if m.kind == "counter":
-            return CounterMetricFamily(m.name, m.help, labels=label_names)
-        if m.kind == "gauge":
-            return GaugeMetricFamily(m.name, m.help, labels=label_names)
-        return HistogramMetricFamily(m.name, m.help, labels=label_names)
+    @staticmethod
+    def _family(m: MetricSpec, label_names: list[str]) -> ScalarFamily | HistogramFamily:
+        if m.kind == "histogram":
+            return HistogramFamily(m.name, m.help, label_names,
+                                   bucket_labels(m.unit_seconds, *m.bucket_slots))
+        return ScalarFamily(m.name, m.kind, m.help, label_names)
 
     def _program_families(self, inst: ProgramInstance, scope: LabelScope | None, map_stats: list):
         spec = inst.spec
@@ -159,23 +167,22 @@ class AgentCollector:
             families.append(family)
         return families
 
-    def _extra(self, m: Metric, code: int | None) -> tuple[str, ...]:
+    def _extra(self, m: MetricSpec, code: int | None) -> tuple[str, ...]:
         if not m.code_label:
             return ()
         return (m.code_values.get(code, str(code)),)
 
-    def _add_scalar(self, family, m: Metric, entries, scope: LabelScope) -> None:
+    def _add_scalar(self, family: ScalarFamily, m: MetricSpec, entries, scope: LabelScope) -> None:
         totals: dict[tuple[str, ...], int] = defaultdict(int)
         for raw, value in entries:
             key = decode_key(raw, m.key)
             totals[scope.labels(key.local, key.remote) + self._extra(m, key.code)] += \
                 value[m.value_field] if m.value_field else value
-        for labels, value in totals.items():
-            if m.signed:   # per-CPU s64 parts may be read as u64 by some paths
-                value = (value + (1 << 63)) % (1 << 64) - (1 << 63)
-            family.add_metric(list(labels), value)
+        if m.signed:   # per-CPU s64 parts may be read as u64 by some paths
+            totals = {labels: (v + (1 << 63)) % (1 << 64) - (1 << 63) for labels, v in totals.items()}
+        family.rows.update(totals)
 
-    def _add_histogram(self, family, m: Metric, entries, scope: LabelScope) -> None:
+    def _add_histogram(self, family: HistogramFamily, m: MetricSpec, entries, scope: LabelScope) -> None:
         slots: dict[tuple[str, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         sums: dict[tuple[str, ...], int] = defaultdict(int)
         for raw, value in entries:
@@ -185,8 +192,7 @@ class AgentCollector:
             sums[labels] += value["sum"]
         first, last = m.bucket_slots
         for labels, by_slot in slots.items():
-            family.add_metric(list(labels), cumulative_buckets(by_slot, m.unit_seconds, first, last),
-                              sums.get(labels, 0) * m.unit_seconds)
+            family.rows[labels] = (cumulative_counts(by_slot, first, last), sums.get(labels, 0) * m.unit_seconds)
 
     def _forget_stopped(self, instances) -> None:
         live = {id(i) for i in instances}

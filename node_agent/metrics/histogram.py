@@ -9,6 +9,8 @@ sum over slots.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client.utils import floatToGoString
 
 MAX_SLOT = 63
@@ -25,13 +27,26 @@ def bucket_bounds(unit_seconds: float, first_slot: int, last_slot: int) -> list[
     return [(1 << s) * unit_seconds for s in range(first_slot, last_slot + 1)]
 
 
+@lru_cache(maxsize=64)
+def bucket_labels(unit_seconds: float, first_slot: int, last_slot: int) -> tuple[str, ...]:
+    """The `le` strings of slots first..last (without +Inf), formatted once per histogram shape."""
+    return tuple(floatToGoString(b) for b in bucket_bounds(unit_seconds, first_slot, last_slot))
+
+
+def cumulative_counts(slots: dict[int, int], first_slot: int, last_slot: int) -> list[int]:
+    """Cumulative counts for slots first..last (lower slots folded into the first), then +Inf (all)."""
+    running = sum(c for s, c in slots.items() if s < first_slot)
+    counts = []
+    get = slots.get
+    for s in range(first_slot, last_slot + 1):
+        running += get(s, 0)
+        counts.append(running)
+    counts.append(sum(slots.values()))
+    return counts
+
+
 def cumulative_buckets(slots: dict[int, int], unit_seconds: float,
                        first_slot: int, last_slot: int) -> list[tuple[str, int]]:
     """[(le, cumulative count)] for slots first..last, then +Inf (all)."""
-    running = sum(c for s, c in slots.items() if s < first_slot)
-    buckets = []
-    for s in range(first_slot, last_slot + 1):
-        running += slots.get(s, 0)
-        buckets.append((floatToGoString((1 << s) * unit_seconds), running))
-    buckets.append(("+Inf", sum(slots.values())))
-    return buckets
+    return list(zip(bucket_labels(unit_seconds, first_slot, last_slot) + ("+Inf",),
+                    cumulative_counts(slots, first_slot, last_slot)))

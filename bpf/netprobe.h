@@ -75,6 +75,15 @@ static __always_inline int np_addr_from_sockaddr(u8 dst[16], const u8 sa[28])
     return 0;
 }
 
+/* Kernel memory is read with bpf_probe_read_kernel, and the helper call, not
+ * the bytes, is the price (measured here: ~35 ns a call with warm caches,
+ * 8 bytes or 64 alike). So members of a struct that sit close together are
+ * read in one call: a window from the lowest to the end of the highest, sized
+ * at compile time from the BTF offsets the agent passes. */
+#define NP_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define NP_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define NP_WINDOW_MAX 96        /* bytes: beyond this, separate reads */
+
 /* The log2 slot of v: the smallest s with v <= 2^s, capped at NP_MAX_SLOT. */
 static __always_inline u32 np_log2_slot(u64 v)
 {

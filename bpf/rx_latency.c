@@ -73,30 +73,49 @@ static __always_inline void rx_start(u64 skb)
     slot->skb = skb;
 }
 
-/* Fill key->pair from the skb's IP header; 0 if it is neither IPv4 nor IPv6. */
-static __always_inline int rx_addresses(u64 skb, struct latency_key *key)
+/* sk_buff->network_header (u16) and ->head (pointer), read in one window. */
+#define RX_WIN_LO NP_MIN(OFF_SKB_NETWORK_HEADER, OFF_SKB_HEAD)
+#define RX_WIN_HI NP_MAX(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_HEAD + 8)
+
+static __always_inline unsigned char *rx_network_header(u64 skb)
 {
     unsigned char *head = 0;
     u16 network_header = 0;
-    u8 first = 0;
-
-    bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
-    bpf_probe_read_kernel(&network_header, sizeof(network_header),
-                          (void *)(skb + OFF_SKB_NETWORK_HEADER));
-    if (!head)
+#if RX_WIN_HI - RX_WIN_LO <= NP_WINDOW_MAX
+    u8 win[RX_WIN_HI - RX_WIN_LO];
+    if (bpf_probe_read_kernel(win, sizeof(win), (void *)(skb + RX_WIN_LO)))
         return 0;
-    unsigned char *ip = head + network_header;
-    bpf_probe_read_kernel(&first, 1, ip);
-    if ((first >> 4) == 4) {
-        u8 addrs[8];
-        bpf_probe_read_kernel(addrs, 8, ip + 12);    /* saddr, daddr */
-        np_addr_from_v4(key->pair.remote, addrs);
-        np_addr_from_v4(key->pair.local, addrs + 4);
+    __builtin_memcpy(&head, win + OFF_SKB_HEAD - RX_WIN_LO, sizeof(head));
+    __builtin_memcpy(&network_header, win + OFF_SKB_NETWORK_HEADER - RX_WIN_LO, sizeof(network_header));
+#else
+    bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
+    bpf_probe_read_kernel(&network_header, sizeof(network_header), (void *)(skb + OFF_SKB_NETWORK_HEADER));
+#endif
+    return head ? head + network_header : 0;
+}
+
+/* Fill key->pair from the skb's IP header; 0 if it is neither IPv4 nor IPv6.
+ * One read of 40 bytes covers both families' addresses (IPv4: 12..20,
+ * IPv6: 8..40); a packet whose buffer ends before 40 bytes (a tiny IPv4
+ * datagram at the end of a page) is read again with the IPv4 header's size. */
+static __always_inline int rx_addresses(u64 skb, struct latency_key *key)
+{
+    unsigned char *ip = rx_network_header(skb);
+    u8 hdr[40];
+
+    if (!ip)
+        return 0;
+    int whole = bpf_probe_read_kernel(hdr, sizeof(hdr), ip) == 0;
+    if (!whole && bpf_probe_read_kernel(hdr, 20, ip))
+        return 0;
+    if ((hdr[0] >> 4) == 4) {
+        np_addr_from_v4(key->pair.remote, hdr + 12);   /* saddr */
+        np_addr_from_v4(key->pair.local, hdr + 16);    /* daddr */
         return 1;
     }
-    if ((first >> 4) == 6) {
-        bpf_probe_read_kernel(key->pair.remote, 16, ip + 8);
-        bpf_probe_read_kernel(key->pair.local, 16, ip + 24);
+    if ((hdr[0] >> 4) == 6 && whole) {
+        __builtin_memcpy(key->pair.remote, hdr + 8, 16);
+        __builtin_memcpy(key->pair.local, hdr + 24, 16);
         return 1;
     }
     return 0;

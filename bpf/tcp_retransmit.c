@@ -24,8 +24,9 @@
  *
  * Cost: this runs for every transmitted packet of the node, so the checks
  * go from free to dearer: the ethertype is a tracepoint field (non-IP packets
- * return at once), then one read of skb->skb_iif (forwarded and bridged
- * packets return there), then skb->data and the IP header, then one map operation.
+ * return at once), then one read of the sk_buff window holding skb_iif and
+ * data (forwarded and bridged packets return there), then one read of the IP
+ * header, then one map operation.
  */
 #include "netprobe.h"
 
@@ -67,6 +68,10 @@ int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
 #define NP_ETH_P_IP 0x0800      /* the tracepoint stores the ethertype in host order */
 #define NP_ETH_P_IPV6 0x86DD
 
+/* sk_buff->skb_iif (int) and ->data (pointer), read in one window. */
+#define SEG_WIN_LO NP_MIN(OFF_SKB_IIF, OFF_SKB_DATA)
+#define SEG_WIN_HI NP_MAX(OFF_SKB_IIF + 4, OFF_SKB_DATA + 8)
+
 int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
 {
     u16 protocol = args->protocol;
@@ -75,27 +80,38 @@ int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
 
     const u8 *skb = (const u8 *)args->skbaddr;
     int input_ifindex = -1;
-    bpf_probe_read_kernel(&input_ifindex, sizeof(input_ifindex), skb + OFF_SKB_IIF);
+    const u8 *data = 0;
+#if SEG_WIN_HI - SEG_WIN_LO <= NP_WINDOW_MAX
+    u8 win[SEG_WIN_HI - SEG_WIN_LO];
+    if (bpf_probe_read_kernel(win, sizeof(win), skb + SEG_WIN_LO))
+        return 0;
+    __builtin_memcpy(&input_ifindex, win + OFF_SKB_IIF - SEG_WIN_LO, sizeof(input_ifindex));
     if (input_ifindex != 0)
         return 0;               /* received before: forwarded, bridged, or past a veth hop */
-
-    const u8 *data = 0;
+    __builtin_memcpy(&data, win + OFF_SKB_DATA - SEG_WIN_LO, sizeof(data));
+#else
+    bpf_probe_read_kernel(&input_ifindex, sizeof(input_ifindex), skb + OFF_SKB_IIF);
+    if (input_ifindex != 0)
+        return 0;
     bpf_probe_read_kernel(&data, sizeof(data), skb + OFF_SKB_DATA);
+#endif
     if (!data)
         return 0;
-    const u8 *ip = data + args->network_offset;
 
+    /* 40 bytes hold an IPv6 header, or an IPv4 header and the start of its
+     * TCP header: every packet counted here has them. */
+    u8 hdr[40];
+    if (bpf_probe_read_kernel(hdr, sizeof(hdr), data + args->network_offset))
+        return 0;
     struct np_addr_pair key = {};
     if (protocol == NP_ETH_P_IP) {
-        u8 hdr[20];
-        if (bpf_probe_read_kernel(hdr, sizeof(hdr), ip) || (hdr[0] >> 4) != 4 || hdr[9] != NP_IPPROTO_TCP)
+        if ((hdr[0] >> 4) != 4 || hdr[9] != NP_IPPROTO_TCP)
             return 0;
         np_addr_from_v4(key.local, hdr + 12);
         np_addr_from_v4(key.remote, hdr + 16);
     } else {
         /* The next header must be TCP: TCP behind IPv6 extension headers is not counted. */
-        u8 hdr[40];
-        if (bpf_probe_read_kernel(hdr, sizeof(hdr), ip) || (hdr[0] >> 4) != 6 || hdr[6] != NP_IPPROTO_TCP)
+        if ((hdr[0] >> 4) != 6 || hdr[6] != NP_IPPROTO_TCP)
             return 0;
         __builtin_memcpy(key.local, hdr + 8, 16);
         __builtin_memcpy(key.remote, hdr + 24, 16);

@@ -199,7 +199,7 @@ def test_the_label_cache_holds_only_the_last_scrapes_label_sets():
     for scrape in range(50):
         # 30 pods live at a time; every scrape 10 leave and 10 new ones come
         live = range(scrape * 10, scrape * 10 + 30)
-        counter = _counter(labels=IDENTITY, rows=[((f"ns", f"p{i}", "w", "ns", "peer", "w"), i) for i in live])
+        counter = _counter(labels=IDENTITY, rows=[(("ns", f"p{i}", "w", "ns", "peer", "w"), i) for i in live])
         histogram = _histogram(IDENTITY + ("direction",),
                                [(("ns", f"p{i}", "w", "ns", "peer", "w", "inbound"), [1] * (len(bounds) + 1), 1.0)
                                 for i in live], bounds)
@@ -333,7 +333,7 @@ def test_the_registry_protocol_gives_the_same_samples_as_the_fast_path(catalogue
     assert drop_duration(fast) == drop_duration(registry)
 
 
-def test_promtool_accepts_a_rendered_scrape(catalogue_collector, tmp_path):
+def test_promtool_accepts_a_rendered_scrape(catalogue_collector):
     text = ExpositionCache().render(catalogue_collector.families())
     res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
     assert res.returncode == 0, (res.stdout + res.stderr).decode()

@@ -101,21 +101,22 @@ static __always_inline unsigned char *rx_network_header(u64 skb)
 static __always_inline int rx_addresses(u64 skb, struct latency_key *key)
 {
     unsigned char *ip = rx_network_header(skb);
-    u8 hdr[40];
+    u32 hdr[10];                /* words: the addresses are copied a word at a time */
+    u8 *bytes = (u8 *)hdr;
 
     if (!ip)
         return 0;
     int whole = bpf_probe_read_kernel(hdr, sizeof(hdr), ip) == 0;
     if (!whole && bpf_probe_read_kernel(hdr, 20, ip))
         return 0;
-    if ((hdr[0] >> 4) == 4) {
-        np_addr_from_v4(key->pair.remote, hdr + 12);   /* saddr */
-        np_addr_from_v4(key->pair.local, hdr + 16);    /* daddr */
+    if ((bytes[0] >> 4) == 4) {
+        np_addr_from_v4_words(key->pair.remote, hdr + 3);   /* saddr, bytes 12..16 */
+        np_addr_from_v4_words(key->pair.local, hdr + 4);    /* daddr, bytes 16..20 */
         return 1;
     }
-    if ((hdr[0] >> 4) == 6 && whole) {
-        __builtin_memcpy(key->pair.remote, hdr + 8, 16);
-        __builtin_memcpy(key->pair.local, hdr + 24, 16);
+    if ((bytes[0] >> 4) == 6 && whole) {
+        np_addr_copy_words(key->pair.remote, hdr + 2);      /* bytes 8..24 */
+        np_addr_copy_words(key->pair.local, hdr + 6);       /* bytes 24..40 */
         return 1;
     }
     return 0;

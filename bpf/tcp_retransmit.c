@@ -100,21 +100,22 @@ int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
 
     /* 40 bytes hold an IPv6 header, or an IPv4 header and the start of its
      * TCP header: every packet counted here has them. */
-    u8 hdr[40];
+    u32 hdr[10];                /* words: the addresses are copied a word at a time */
+    u8 *bytes = (u8 *)hdr;
     if (bpf_probe_read_kernel(hdr, sizeof(hdr), data + args->network_offset))
         return 0;
     struct np_addr_pair key = {};
     if (protocol == NP_ETH_P_IP) {
-        if ((hdr[0] >> 4) != 4 || hdr[9] != NP_IPPROTO_TCP)
+        if ((bytes[0] >> 4) != 4 || bytes[9] != NP_IPPROTO_TCP)
             return 0;
-        np_addr_from_v4(key.local, hdr + 12);
-        np_addr_from_v4(key.remote, hdr + 16);
+        np_addr_from_v4_words(key.local, hdr + 3);     /* saddr, bytes 12..16 */
+        np_addr_from_v4_words(key.remote, hdr + 4);    /* daddr, bytes 16..20 */
     } else {
         /* The next header must be TCP: TCP behind IPv6 extension headers is not counted. */
-        if ((hdr[0] >> 4) != 6 || hdr[6] != NP_IPPROTO_TCP)
+        if ((bytes[0] >> 4) != 6 || bytes[6] != NP_IPPROTO_TCP)
             return 0;
-        __builtin_memcpy(key.local, hdr + 8, 16);
-        __builtin_memcpy(key.remote, hdr + 24, 16);
+        np_addr_copy_words(key.local, hdr + 2);        /* bytes 8..24 */
+        np_addr_copy_words(key.remote, hdr + 6);       /* bytes 24..40 */
     }
 
     u64 segments = args->gso_segs ? args->gso_segs : 1;

@@ -217,7 +217,9 @@ class ExpositionCache:
             every, before, after = labels(values)
             head = f"{bucket}{before}," if before else bucket
             tail = f",{after}}} " if after else "} "
-            out.extend([f"{head}{le}{tail}{format_value(c)}\n" for le, c in zip(les, counts)])
+            # bucket counts are almost always small ints: format_value's shortcut, inlined
+            out.extend([f"{head}{le}{tail}{c}.0\n" if type(c) is int and 0 <= c < _PLAIN_INT_HIGH
+                        else f"{head}{le}{tail}{format_value(c)}\n" for le, c in zip(les, counts)])
             braces = f"{{{every}}}" if every else ""
             out.append(f"{count}{braces} {format_value(counts[-1])}\n{total}{braces} {format_value(sum_value)}\n")
 

@@ -113,6 +113,58 @@ static __always_inline int np_addr_from_sockaddr(u8 dst[16], const u8 sa[28])
 #define NP_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define NP_WINDOW_MAX 96        /* bytes: beyond this, separate reads */
 
+/* A socket's own (local) and peer address from its struct sock_common, for
+ * programs on raw tracepoints, which get the socket pointer instead of a
+ * record: one window read covers family and both address pairs. Needs the
+ * BTF offsets OFF_SKC_{FAMILY,DADDR,RCV_SADDR,V6_DADDR,V6_RCV_SADDR}. */
+#ifdef OFF_SKC_FAMILY
+#define NP_SKC_LO NP_MIN(NP_MIN(OFF_SKC_DADDR, OFF_SKC_RCV_SADDR), \
+                         NP_MIN(OFF_SKC_FAMILY, NP_MIN(OFF_SKC_V6_DADDR, OFF_SKC_V6_RCV_SADDR)))
+#define NP_SKC_HI NP_MAX(NP_MAX(OFF_SKC_DADDR + 4, OFF_SKC_RCV_SADDR + 4), \
+                         NP_MAX(OFF_SKC_FAMILY + 2, NP_MAX(OFF_SKC_V6_DADDR + 16, OFF_SKC_V6_RCV_SADDR + 16)))
+
+static __always_inline int np_sock_addresses(const u8 *sk, struct np_addr_pair *pair)
+{
+#if NP_SKC_HI - NP_SKC_LO <= NP_WINDOW_MAX && NP_SKC_LO % 4 == 0 && OFF_SKC_DADDR % 4 == 0 && \
+    OFF_SKC_RCV_SADDR % 4 == 0 && OFF_SKC_V6_DADDR % 4 == 0 && OFF_SKC_V6_RCV_SADDR % 4 == 0
+    u32 win[(NP_SKC_HI - NP_SKC_LO + 3) / 4];
+    const u8 *w = (const u8 *)win;
+    u16 family;
+
+    if (bpf_probe_read_kernel(win, sizeof(win), sk + NP_SKC_LO))
+        return 0;
+    __builtin_memcpy(&family, w + OFF_SKC_FAMILY - NP_SKC_LO, sizeof(family));
+    if (family == NP_AF_INET) {
+        np_addr_from_v4_words(pair->local, (const u32 *)(w + OFF_SKC_RCV_SADDR - NP_SKC_LO));
+        np_addr_from_v4_words(pair->remote, (const u32 *)(w + OFF_SKC_DADDR - NP_SKC_LO));
+        return 1;
+    }
+    if (family == NP_AF_INET6) {
+        np_addr_copy_words(pair->local, (const u32 *)(w + OFF_SKC_V6_RCV_SADDR - NP_SKC_LO));
+        np_addr_copy_words(pair->remote, (const u32 *)(w + OFF_SKC_V6_DADDR - NP_SKC_LO));
+        return 1;
+    }
+    return 0;
+#else   /* a kernel whose members sit far apart or unaligned: one read each */
+    u16 family = 0;
+    bpf_probe_read_kernel(&family, sizeof(family), sk + OFF_SKC_FAMILY);
+    if (family == NP_AF_INET) {
+        u8 v4[8];
+        if (bpf_probe_read_kernel(v4, 4, sk + OFF_SKC_RCV_SADDR) ||
+            bpf_probe_read_kernel(v4 + 4, 4, sk + OFF_SKC_DADDR))
+            return 0;
+        np_addr_from_v4(pair->local, v4);
+        np_addr_from_v4(pair->remote, v4 + 4);
+        return 1;
+    }
+    if (family == NP_AF_INET6)
+        return !bpf_probe_read_kernel(pair->local, 16, sk + OFF_SKC_V6_RCV_SADDR) &&
+               !bpf_probe_read_kernel(pair->remote, 16, sk + OFF_SKC_V6_DADDR);
+    return 0;
+#endif
+}
+#endif /* OFF_SKC_FAMILY */
+
 /* The log2 slot of v: the smallest s with v <= 2^s, capped at NP_MAX_SLOT. */
 static __always_inline u32 np_log2_slot(u64 v)
 {

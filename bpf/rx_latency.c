@@ -1,13 +1,15 @@
 /* rx_latency: time a received IP packet spends in the kernel, by the
  * receiving (local) address and the sender.
  *
- * Two attach modes, chosen at compile time (-DNP_ATTACH_KPROBE or
- * -DNP_ATTACH_TRACEPOINT); docs/agent.md says exactly what each measures.
+ * Three attach modes, chosen at compile time (-DNP_ATTACH_KPROBE,
+ * -DNP_ATTACH_RAW_TRACEPOINT or -DNP_ATTACH_TRACEPOINT); docs/agent.md says
+ * exactly what each measures.
  *
  *  kprobe:     ip_rcv / ipv6_rcv  ->  ip_rcv_finish / ip6_rcv_finish
  *              IP header validation plus the netfilter PREROUTING hooks,
  *              the classic ip_rcv -> ip_rcv_finish measurement.
- *  tracepoint: net:netif_receive_skb  ->  skb:skb_copy_datagram_iovec
+ *  raw_tracepoint, tracepoint:
+ *              net:netif_receive_skb  ->  skb:skb_copy_datagram_iovec
  *              from the packet entering the stack on the device it was last
  *              received on, to the first copy of its data to a reader
  *              (recvmsg and friends): IP + transport processing plus the time
@@ -180,6 +182,22 @@ int np_skb_copy(struct tracepoint__skb__skb_copy_datagram_iovec *args)
     return 0;
 }
 
+#elif defined(NP_ATTACH_RAW_TRACEPOINT)
+
+/* The same two hooks as raw tracepoints: the skb is the first argument of
+ * both, and the kernel builds no record for the program. */
+int np_raw_netif_receive(struct bpf_raw_tracepoint_args *ctx)   /* netif_receive_skb(skb) */
+{
+    rx_start(ctx->args[0]);
+    return 0;
+}
+
+int np_raw_skb_copy(struct bpf_raw_tracepoint_args *ctx)        /* skb_copy_datagram_iovec(skb, len) */
+{
+    rx_end(ctx->args[0]);
+    return 0;
+}
+
 #else
-#error "define NP_ATTACH_KPROBE or NP_ATTACH_TRACEPOINT"
+#error "define NP_ATTACH_KPROBE, NP_ATTACH_TRACEPOINT or NP_ATTACH_RAW_TRACEPOINT"
 #endif

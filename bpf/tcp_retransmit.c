@@ -18,15 +18,20 @@
  * carries gso_segs wire segments; a pure ACK or a SYN-ACK may have gso_segs
  * 0). That is the kernel's Tcp OutSegs: data, pure ACKs, SYN/FIN/RST,
  * retransmissions included. The addresses come from the IP header (local =
- * source, peer = destination) at skb->data + network_offset, with
- * sk_buff->data and ->skb_iif at offsets read from the running kernel's BTF
- * (OFF_SKB_DATA, OFF_SKB_IIF).
+ * source, peer = destination), with sk_buff members at offsets read from the
+ * running kernel's BTF (OFF_SKB_*), never from the compile headers.
+ *
+ * Two ways to hook net_dev_start_xmit, counting the same: as a raw
+ * tracepoint (np_raw_segment_sent; the default: the kernel builds no record,
+ * which costs more than the program on this path) or as a tracepoint
+ * (np_tcp_segment_sent; the record brings the ethertype, network offset and
+ * gso_segs). Retransmits are always the tcp:tcp_retransmit_skb tracepoint:
+ * they are rare.
  *
  * Cost: this runs for every transmitted packet of the node, so the checks
- * go from free to dearer: the ethertype is a tracepoint field (non-IP packets
- * return at once), then one read of the sk_buff window holding skb_iif and
- * data (forwarded and bridged packets return there), then one read of the IP
- * header, then one map operation.
+ * go from cheap to dearer: one read of the sk_buff window holding skb_iif
+ * (forwarded and bridged packets return there) and the ethertype (non-IP
+ * packets return), then one read of the IP header, then one map operation.
  */
 #include "netprobe.h"
 
@@ -61,14 +66,52 @@ int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
 
 #ifdef NP_COUNT_SEGMENTS
 
-#if !defined(OFF_SKB_IIF) || !defined(OFF_SKB_DATA)
+#if !defined(OFF_SKB_IIF) || !defined(OFF_SKB_DATA) || !defined(OFF_SKB_HEAD) || \
+    !defined(OFF_SKB_NETWORK_HEADER) || !defined(OFF_SKB_END) || !defined(OFF_SKB_PROTOCOL) || \
+    !defined(OFF_SHINFO_GSO_SEGS)
 #error "the agent passes sk_buff member offsets from BTF"
 #endif
 
-#define NP_ETH_P_IP 0x0800      /* the tracepoint stores the ethertype in host order */
+#define NP_ETH_P_IP 0x0800      /* in host order */
 #define NP_ETH_P_IPV6 0x86DD
 
-/* sk_buff->skb_iif (int) and ->data (pointer), read in one window. */
+/* The key of a TCP packet from its IP header; 0 if it is not IPv4/IPv6 TCP.
+ * 40 bytes hold an IPv6 header, or an IPv4 header and the start of its TCP
+ * header: every packet counted here has them. */
+static __always_inline int segment_key(const u8 *ip, u16 protocol, struct np_addr_pair *key)
+{
+    u32 hdr[10];                /* words: the addresses are copied a word at a time */
+    u8 *bytes = (u8 *)hdr;
+
+    if (bpf_probe_read_kernel(hdr, sizeof(hdr), ip))
+        return 0;
+    if (protocol == NP_ETH_P_IP) {
+        if ((bytes[0] >> 4) != 4 || bytes[9] != NP_IPPROTO_TCP)
+            return 0;
+        np_addr_from_v4_words(key->local, hdr + 3);     /* saddr, bytes 12..16 */
+        np_addr_from_v4_words(key->remote, hdr + 4);    /* daddr, bytes 16..20 */
+        return 1;
+    }
+    /* The next header must be TCP: TCP behind IPv6 extension headers is not counted. */
+    if ((bytes[0] >> 4) != 6 || bytes[6] != NP_IPPROTO_TCP)
+        return 0;
+    np_addr_copy_words(key->local, hdr + 2);            /* bytes 8..24 */
+    np_addr_copy_words(key->remote, hdr + 6);           /* bytes 24..40 */
+    return 1;
+}
+
+static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_segs)
+{
+    u64 segments = gso_segs ? gso_segs : 1;
+    u64 zero = 0, *count = segments_sent.lookup_or_try_init(key, &zero);
+    if (count)
+        *count += segments;
+    else
+        np_map_error(ERR_SEGMENTS);
+}
+
+/* Tracepoint net:net_dev_start_xmit: ethertype, network offset and gso_segs
+ * come with the record; skb_iif and data from one read of the sk_buff. */
 #define SEG_WIN_LO NP_MIN(OFF_SKB_IIF, OFF_SKB_DATA)
 #define SEG_WIN_HI NP_MAX(OFF_SKB_IIF + 4, OFF_SKB_DATA + 8)
 
@@ -97,33 +140,57 @@ int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
 #endif
     if (!data)
         return 0;
+    struct np_addr_pair key = {};
+    if (!segment_key(data + args->network_offset, protocol, &key))
+        return 0;
+    count_segments(&key, args->gso_segs);
+    return 0;
+}
 
-    /* 40 bytes hold an IPv6 header, or an IPv4 header and the start of its
-     * TCP header: every packet counted here has them. */
-    u32 hdr[10];                /* words: the addresses are copied a word at a time */
-    u8 *bytes = (u8 *)hdr;
-    if (bpf_probe_read_kernel(hdr, sizeof(hdr), data + args->network_offset))
+/* Raw tracepoint net_dev_start_xmit(skb, dev): no record is built; one read
+ * of the sk_buff window from skb_iif to data gives the input interface, the
+ * ethertype, and where the IP header and skb_shared_info (gso_segs) are. */
+#define RAW_WIN_LO NP_MIN(OFF_SKB_IIF, NP_MIN(OFF_SKB_PROTOCOL, NP_MIN(OFF_SKB_NETWORK_HEADER, \
+                   NP_MIN(OFF_SKB_END, OFF_SKB_HEAD))))
+#define RAW_WIN_HI NP_MAX(OFF_SKB_IIF + 4, NP_MAX(OFF_SKB_PROTOCOL + 2, NP_MAX(OFF_SKB_NETWORK_HEADER + 2, \
+                   NP_MAX(OFF_SKB_END + 4, OFF_SKB_HEAD + 8))))
+
+int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
+{
+    const u8 *skb = (const u8 *)ctx->args[0];
+    int input_ifindex = -1;
+    u16 protocol_be = 0, network_header = 0;
+    u32 end = 0;                /* sk_buff_data_t: an offset from head on 64-bit kernels */
+    const u8 *head = 0;
+#if RAW_WIN_HI - RAW_WIN_LO <= NP_WINDOW_MAX
+    u8 win[RAW_WIN_HI - RAW_WIN_LO];
+    if (bpf_probe_read_kernel(win, sizeof(win), skb + RAW_WIN_LO))
+        return 0;
+    __builtin_memcpy(&input_ifindex, win + OFF_SKB_IIF - RAW_WIN_LO, sizeof(input_ifindex));
+    if (input_ifindex != 0)
+        return 0;               /* received before: forwarded, bridged, or past a veth hop */
+    __builtin_memcpy(&protocol_be, win + OFF_SKB_PROTOCOL - RAW_WIN_LO, sizeof(protocol_be));
+    __builtin_memcpy(&network_header, win + OFF_SKB_NETWORK_HEADER - RAW_WIN_LO, sizeof(network_header));
+    __builtin_memcpy(&end, win + OFF_SKB_END - RAW_WIN_LO, sizeof(end));
+    __builtin_memcpy(&head, win + OFF_SKB_HEAD - RAW_WIN_LO, sizeof(head));
+#else
+    bpf_probe_read_kernel(&input_ifindex, sizeof(input_ifindex), skb + OFF_SKB_IIF);
+    if (input_ifindex != 0)
+        return 0;
+    bpf_probe_read_kernel(&protocol_be, sizeof(protocol_be), skb + OFF_SKB_PROTOCOL);
+    bpf_probe_read_kernel(&network_header, sizeof(network_header), skb + OFF_SKB_NETWORK_HEADER);
+    bpf_probe_read_kernel(&end, sizeof(end), skb + OFF_SKB_END);
+    bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SKB_HEAD);
+#endif
+    u16 protocol = __builtin_bswap16(protocol_be);
+    if ((protocol != NP_ETH_P_IP && protocol != NP_ETH_P_IPV6) || !head)
         return 0;
     struct np_addr_pair key = {};
-    if (protocol == NP_ETH_P_IP) {
-        if ((bytes[0] >> 4) != 4 || bytes[9] != NP_IPPROTO_TCP)
-            return 0;
-        np_addr_from_v4_words(key.local, hdr + 3);     /* saddr, bytes 12..16 */
-        np_addr_from_v4_words(key.remote, hdr + 4);    /* daddr, bytes 16..20 */
-    } else {
-        /* The next header must be TCP: TCP behind IPv6 extension headers is not counted. */
-        if ((bytes[0] >> 4) != 6 || bytes[6] != NP_IPPROTO_TCP)
-            return 0;
-        np_addr_copy_words(key.local, hdr + 2);        /* bytes 8..24 */
-        np_addr_copy_words(key.remote, hdr + 6);       /* bytes 24..40 */
-    }
-
-    u64 segments = args->gso_segs ? args->gso_segs : 1;
-    u64 zero = 0, *count = segments_sent.lookup_or_try_init(&key, &zero);
-    if (count)
-        *count += segments;
-    else
-        np_map_error(ERR_SEGMENTS);
+    if (!segment_key(head + network_header, protocol, &key))
+        return 0;
+    u16 gso_segs = 0;           /* skb_shinfo(skb)->gso_segs: skb_shared_info sits at head + end */
+    bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs), head + end + OFF_SHINFO_GSO_SEGS);
+    count_segments(&key, gso_segs);
     return 0;
 }
 

@@ -1,10 +1,17 @@
 /* tcp_rtt: distribution of the smoothed round-trip time of TCP connections.
  *
- * Hook: tracepoint tcp:tcp_probe, fired when an established socket processes
- * an incoming segment (tcp_rcv_established). Its srtt field is the socket's
- * smoothed RTT in microseconds (srtt_us >> 3). One observation per received
- * segment, so busy connections weigh more: the histogram is of samples, not
- * of connections. srtt 0 (no RTT measured yet) is skipped.
+ * Hook: tcp_probe, fired when an established socket processes an incoming
+ * segment (tcp_rcv_established). The smoothed RTT is tcp_sock->srtt_us >> 3,
+ * in microseconds. One observation per received segment, so busy
+ * connections weigh more: the histogram is of samples, not of connections.
+ * srtt 0 (no RTT measured yet) is skipped.
+ *
+ * Two attach modes, the same hook and the same numbers:
+ *  raw_tracepoint: the program gets tcp_probe's arguments (sk, skb) and
+ *      reads srtt_us and the addresses from the socket at offsets read from
+ *      the running kernel's BTF; the kernel builds no record for it, which
+ *      is most of what a tracepoint costs on a busy receive path.
+ *  tracepoint: tcp:tcp_probe's record (saddr/daddr sockaddrs, srtt).
  */
 #include "netprobe.h"
 
@@ -18,6 +25,19 @@ struct rtt_key {
 
 BPF_TABLE("lru_percpu_hash", struct rtt_key, struct np_hist_value, rtt_us, NP_MAX_ENTRIES);
 
+static __always_inline void rtt_observe(struct rtt_key *key, u64 srtt)
+{
+    struct np_hist_value zero = {}, *bucket;
+    key->slot = np_log2_slot(srtt);
+    bucket = rtt_us.lookup_or_try_init(key, &zero);
+    if (bucket) {
+        bucket->count++;
+        bucket->sum += srtt;
+    } else {
+        np_map_error(ERR_RTT);
+    }
+}
+
 int np_tcp_rtt(struct tracepoint__tcp__tcp_probe *args)
 {
     u64 srtt = args->srtt;
@@ -28,14 +48,27 @@ int np_tcp_rtt(struct tracepoint__tcp__tcp_probe *args)
     if (!np_addr_from_sockaddr(key.pair.local, args->saddr) ||
         !np_addr_from_sockaddr(key.pair.remote, args->daddr))
         return 0;
-    struct np_hist_value zero = {}, *bucket;
-    key.slot = np_log2_slot(srtt);
-    bucket = rtt_us.lookup_or_try_init(&key, &zero);
-    if (bucket) {
-        bucket->count++;
-        bucket->sum += srtt;
-    } else {
-        np_map_error(ERR_RTT);
-    }
+    rtt_observe(&key, srtt);
     return 0;
 }
+
+#ifdef NP_ATTACH_RAW_TRACEPOINT
+#ifndef OFF_TCP_SRTT_US
+#error "the agent passes tcp_sock member offsets from BTF"
+#endif
+
+int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb) */
+{
+    const u8 *sk = (const u8 *)ctx->args[0];
+    u32 srtt_us = 0;
+    struct rtt_key key = {};
+
+    bpf_probe_read_kernel(&srtt_us, sizeof(srtt_us), sk + OFF_TCP_SRTT_US);
+    if ((srtt_us >> 3) == 0)
+        return 0;
+    if (!np_sock_addresses(sk, &key.pair))
+        return 0;
+    rtt_observe(&key, srtt_us >> 3);
+    return 0;
+}
+#endif

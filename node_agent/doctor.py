@@ -42,7 +42,8 @@ def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
     elif missing and "SYS_ADMIN" not in caps:
         lines.append(f"  not held (of the DaemonSet's set): {', '.join(missing)}")
 
-    tracepoints = sorted({tp for spec in CATALOGUE.values() for s in spec.strategies for tp in s.tracepoints})
+    tracepoints = sorted({tp for spec in CATALOGUE.values() for s in spec.strategies
+                          for tp in s.tracepoints + s.raw_tracepoints})
     lines.append("tracepoints:")
     for tp in tracepoints:
         lines.append(f"  {tp}: {_yes(f.tracepoint(tp))}")

@@ -101,6 +101,7 @@ class KernelFeatures:
                 reasons.append(f"tracepoint {tp} missing")
             elif not os.path.exists(os.path.join(BCC_TRACEFS, "events", *tp.split(":", 1), "format")):
                 reasons.append(f"{BCC_TRACEFS} not mounted (BCC reads tracepoint formats there)")
+        reasons += [f"tracepoint {tp} missing" for tp in strategy.raw_tracepoints if not self.tracepoint(tp)]
         if strategy.kprobe_functions:
             if not self.kprobes:
                 reasons.append("kernel without kprobes")

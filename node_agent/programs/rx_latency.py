@@ -1,8 +1,9 @@
 """rx_latency: time received packets spend in the kernel (bpf/rx_latency.c).
 
-Two attach modes measure two different spans (docs/agent.md): the classic
-kprobe ip_rcv -> ip_rcv_finish, and on kernels without kprobes the tracepoint
-span net:netif_receive_skb -> skb:skb_copy_datagram_iovec.
+Two spans (docs/agent.md): the classic kprobe ip_rcv -> ip_rcv_finish, and on
+kernels without kprobes net:netif_receive_skb -> skb:skb_copy_datagram_iovec,
+hooked as raw tracepoints (no record built: cheaper) or, failing that, as
+tracepoints.
 """
 from node_agent.runtime.spec import (Attach, KeyLayout, MapInfo, Metric, Option, ProgramSpec, Strategy,
                                      max_entries_option)
@@ -16,6 +17,11 @@ KPROBE = Strategy("kprobe", (
     Attach("kprobe", "ip6_rcv_finish", "np_ip_rcv_finish"),
 ), defines=("NP_ATTACH_KPROBE",))
 
+RAW_TRACEPOINT = Strategy("raw_tracepoint", (
+    Attach("raw_tracepoint", "net:netif_receive_skb", "np_raw_netif_receive"),
+    Attach("raw_tracepoint", "skb:skb_copy_datagram_iovec", "np_raw_skb_copy"),
+), defines=("NP_ATTACH_RAW_TRACEPOINT",))
+
 TRACEPOINT = Strategy("tracepoint", (
     Attach("tracepoint", "net:netif_receive_skb", "np_netif_receive"),
     Attach("tracepoint", "skb:skb_copy_datagram_iovec", "np_skb_copy"),
@@ -24,7 +30,7 @@ TRACEPOINT = Strategy("tracepoint", (
 
 def _strategies(options: dict) -> tuple[str, ...]:
     mode = options["attach"]
-    return ("kprobe", "tracepoint") if mode == "auto" else (mode,)
+    return ("kprobe", "raw_tracepoint", "tracepoint") if mode == "auto" else (mode,)
 
 
 SPEC = ProgramSpec(
@@ -32,8 +38,9 @@ SPEC = ProgramSpec(
     source="rx_latency.c",
     summary="time a received packet spends in the kernel stack (span depends on the attach mode)",
     options=(
-        Option("attach", str, "auto", "auto (kprobe, else tracepoint) | kprobe | tracepoint",
-               choices=("auto", "kprobe", "tracepoint")),
+        Option("attach", str, "auto",
+               "auto (kprobe, else raw_tracepoint, else tracepoint) | kprobe | raw_tracepoint | tracepoint",
+               choices=("auto", "kprobe", "raw_tracepoint", "tracepoint")),
         max_entries_option(16384),
         Option("inflight_entries", int, 65536,
                "slots of the direct-mapped start-time table (16 bytes each); more slots, fewer "
@@ -42,7 +49,7 @@ SPEC = ProgramSpec(
         Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
                min=1, max=600000, define="NP_MAX_AGE_NS", to_c=lambda ms: f"{ms * 1000000}ULL"),
     ),
-    strategies=(KPROBE, TRACEPOINT),
+    strategies=(KPROBE, RAW_TRACEPOINT, TRACEPOINT),
     choose_strategies=_strategies,
     metrics=(
         Metric("netprobe_rx_latency_seconds", "histogram",

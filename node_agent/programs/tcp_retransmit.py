@@ -1,16 +1,24 @@
 """tcp_retransmit: retransmitted and sent TCP segments by pod and peer (bpf/tcp_retransmit.c).
 
 rate(netprobe_tcp_retransmits_total) / rate(netprobe_tcp_segments_sent_total)
-is the retransmit ratio. Counting segments sent needs the net:net_dev_start_xmit
-tracepoint; without it (or with count_segments: false) the program runs with
-retransmits only, as attach mode `retransmits_only`.
+is the retransmit ratio. Counting segments sent needs net:net_dev_start_xmit
+(attach mode `raw_tracepoint`, else `tracepoint`); without it (or with
+count_segments: false) the program runs with retransmits only, as attach mode
+`retransmits_only`.
 """
 from node_agent.runtime.spec import (PAIR_KEY, Attach, MapInfo, Metric, Option, ProgramSpec, Strategy,
                                      max_entries_option)
 
 RETRANSMITS = Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit")
 
-WITH_SEGMENTS = Strategy("tracepoint", (
+# Segments sent hook every transmitted packet: as a raw tracepoint by default
+# (no record built), as a tracepoint where raw tracepoints are refused.
+SEGMENTS_RAW = Strategy("raw_tracepoint", (
+    RETRANSMITS,
+    Attach("raw_tracepoint", "net:net_dev_start_xmit", "np_raw_segment_sent"),
+), defines=("NP_COUNT_SEGMENTS",))
+
+SEGMENTS_TRACEPOINT = Strategy("tracepoint", (
     RETRANSMITS,
     Attach("tracepoint", "net:net_dev_start_xmit", "np_tcp_segment_sent"),
 ), defines=("NP_COUNT_SEGMENTS",))
@@ -19,7 +27,11 @@ RETRANSMITS_ONLY = Strategy("retransmits_only", (RETRANSMITS,))
 
 
 def _strategies(options: dict) -> tuple[str, ...]:
-    return ("tracepoint", "retransmits_only") if options["count_segments"] else ("retransmits_only",)
+    if not options["count_segments"]:
+        return ("retransmits_only",)
+    mode = options["attach"]
+    segments = ("raw_tracepoint", "tracepoint") if mode == "auto" else (mode,)
+    return segments + ("retransmits_only",)
 
 
 SPEC = ProgramSpec(
@@ -28,11 +40,14 @@ SPEC = ProgramSpec(
     summary="retransmitted TCP segments and TCP segments sent, counted by the sending socket",
     options=(
         max_entries_option(8192),
+        Option("attach", str, "auto",
+               "how segments sent hook net_dev_start_xmit: auto (raw_tracepoint, else tracepoint) | "
+               "raw_tracepoint | tracepoint", choices=("auto", "raw_tracepoint", "tracepoint")),
         Option("count_segments", bool, True,
                "also count every TCP segment sent (netprobe_tcp_segments_sent_total, the ratio's "
                "denominator); one more tracepoint program that runs for every transmitted packet"),
     ),
-    strategies=(WITH_SEGMENTS, RETRANSMITS_ONLY),
+    strategies=(SEGMENTS_RAW, SEGMENTS_TRACEPOINT, RETRANSMITS_ONLY),
     choose_strategies=_strategies,
     metrics=(
         Metric("netprobe_tcp_retransmits_total", "counter",
@@ -48,5 +63,10 @@ SPEC = ProgramSpec(
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),
         "OFF_SKB_DATA": ("sk_buff", "data"),
+        "OFF_SKB_HEAD": ("sk_buff", "head"),
+        "OFF_SKB_END": ("sk_buff", "end"),
+        "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+        "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
+        "OFF_SHINFO_GSO_SEGS": ("skb_shared_info", "gso_segs"),
     },
 )

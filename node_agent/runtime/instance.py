@@ -129,7 +129,7 @@ class ProgramInstance:
             raise ProgramError(self.name, "compile", f"{e}: {_tail(err[0] if err else '')}") from e
 
         try:
-            prog_type = {"tracepoint": BPF.TRACEPOINT, "kprobe": BPF.KPROBE}
+            prog_type = {"tracepoint": BPF.TRACEPOINT, "raw_tracepoint": BPF.RAW_TRACEPOINT, "kprobe": BPF.KPROBE}
             try:
                 with _captured_stderr() as err:
                     for a in strategy.attachments:
@@ -141,6 +141,9 @@ class ProgramInstance:
                     with _captured_stderr() as err:
                         if a.kind == "tracepoint":
                             bpf.attach_tracepoint(tp=a.target.encode(), fn_name=a.fn.encode())
+                        elif a.kind == "raw_tracepoint":   # named by the event alone
+                            bpf.attach_raw_tracepoint(tp=a.target.split(":", 1)[1].encode(),
+                                                      fn_name=a.fn.encode())
                         else:
                             bpf.attach_kprobe(event=a.target.encode(), fn_name=a.fn.encode())
                 except Exception as e:

@@ -63,8 +63,8 @@ def max_entries_option(default: int) -> Option:
 
 @dataclass(frozen=True)
 class Attach:
-    kind: str        # "tracepoint" | "kprobe"
-    target: str      # "category:event" or a kernel function name
+    kind: str        # "tracepoint" | "raw_tracepoint" | "kprobe"
+    target: str      # "category:event" (both tracepoint kinds) or a kernel function name
     fn: str          # the C function to attach
 
 
@@ -77,7 +77,13 @@ class Strategy:
 
     @property
     def tracepoints(self) -> list[str]:
+        """Tracepoints attached with their record (BCC reads the record's format)."""
         return [a.target for a in self.attachments if a.kind == "tracepoint"]
+
+    @property
+    def raw_tracepoints(self) -> list[str]:
+        """Tracepoints attached raw: the program gets the arguments, no record."""
+        return [a.target for a in self.attachments if a.kind == "raw_tracepoint"]
 
     @property
     def kprobe_functions(self) -> list[str]:

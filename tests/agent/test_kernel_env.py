@@ -124,14 +124,15 @@ def test_doctor_reports_every_program_and_the_fallback():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for program in ("tcp_retransmit", "tcp_connections", "tcp_rtt"):
-        assert f"{program}: can load: yes, via tracepoint" in out
+    for program, attach in (("tcp_retransmit", "raw_tracepoint"), ("tcp_connections", "tracepoint"),
+                            ("tcp_rtt", "raw_tracepoint")):
+        assert f"{program}: can load: yes, via {attach}" in out
     assert "sock:inet_sock_set_state: yes" in out and "BTF (/sys/kernel/btf/vmlinux): yes" in out
     assert "kernel headers: /" in out and "capabilities:" in out
     from node_agent.kernel.features import KernelFeatures
     if not KernelFeatures().kprobes:
         assert "kprobes: no" in out
-        assert "rx_latency: can load: yes, via tracepoint" in out
+        assert "rx_latency: can load: yes, via raw_tracepoint" in out
         assert "kprobe: unavailable: kernel without kprobes" in out
 
 

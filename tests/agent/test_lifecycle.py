@@ -62,8 +62,8 @@ def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, 
 
 def test_a_failed_strategy_falls_back_to_the_next(lab):
     """Pretend the kernel has kprobes: the kprobe attach then really fails in
-    this kernel, and rx_latency must come up on its tracepoints anyway, with
-    the failed attempt counted."""
+    this kernel, and rx_latency must come up on its raw tracepoints anyway,
+    with the failed attempt counted."""
     from node_agent.programs import CATALOGUE
     from node_agent.runtime.instance import ProgramInstance
 
@@ -75,10 +75,40 @@ def test_a_failed_strategy_falls_back_to_the_next(lab):
     inst = ProgramInstance(spec, spec.defaults(), KprobesClaimed())
     try:
         inst.start()
-        assert inst.attach == "tracepoint"
+        assert inst.attach == "raw_tracepoint"
         if not KernelFeatures().kprobes:
             assert [(f.stage, f.program) for f in inst.failures] == [("attach", "rx_latency")]
             assert "kprobe ip_rcv" in inst.failures[0].message
+    finally:
+        inst.stop()
+
+
+def test_a_refused_raw_tracepoint_falls_back_to_the_tracepoint(lab):
+    """A kernel that lists the event but refuses the raw attach (here: the raw
+    strategy points at an event that does not exist, and the features check
+    is told it does): tcp_rtt comes up on its tracepoint, the failure counted
+    at the attach stage."""
+    import dataclasses
+
+    from node_agent.programs import CATALOGUE
+    from node_agent.runtime.instance import ProgramInstance
+    from node_agent.runtime.spec import Attach, Strategy
+
+    class EverythingClaimed(KernelFeatures):
+        def unmet(self, strategy):
+            return []
+
+    spec = CATALOGUE["tcp_rtt"]
+    raw, tracepoint = spec.strategy("raw_tracepoint"), spec.strategy("tracepoint")
+    broken_raw = Strategy("raw_tracepoint", (Attach("raw_tracepoint", "tcp:netprobe_no_such_event",
+                                                    "np_raw_tcp_rtt"),), defines=raw.defines)
+    spec = dataclasses.replace(spec, strategies=(broken_raw, tracepoint))
+    inst = ProgramInstance(spec, spec.defaults(), EverythingClaimed())
+    try:
+        inst.start()
+        assert inst.attach == "tracepoint"
+        assert [(f.stage, f.program) for f in inst.failures] == [("attach", "tcp_rtt")]
+        assert "netprobe_no_such_event" in inst.failures[0].message
     finally:
         inst.stop()
 
@@ -91,7 +121,7 @@ def test_tcp_retransmit_without_the_transmit_tracepoint_counts_retransmits_only(
 
     class NoTransmitTracepoint(KernelFeatures):
         def unmet(self, strategy):
-            if "net:net_dev_start_xmit" in strategy.tracepoints:
+            if "net:net_dev_start_xmit" in strategy.tracepoints + strategy.raw_tracepoints:
                 return ["tracepoint net:net_dev_start_xmit missing"]
             return super().unmet(strategy)
 

@@ -128,6 +128,7 @@ class Pod:
     ip6: str
     host_veth: str
     cpu: int | None = None
+    direct_ips: list[str] = field(default_factory=list)   # on direct links to other pods (Lab.link)
     processes: list[subprocess.Popen] = field(default_factory=list, repr=False)
 
     def _argv(self, argv) -> list[str]:
@@ -269,6 +270,29 @@ class Lab:
                 _sh("ip", "netns", "del", ns, check=False)
         _sh("ip", "link", "del", self.bridge, check=False)
 
+    def link(self, a: str, b: str) -> tuple[str, str]:
+        """Join pods `a` and `b` by a veth pair of their own, outside the bridge.
+
+        The pair gets 10.78.<slot>.<k>/31 (a point-to-point link), so traffic
+        between the returned addresses crosses exactly one veth pair: what a
+        benchmark "through a veth pair" measures. Returns (address of a,
+        address of b); both are also listed in the pods' `direct_ips` (and so
+        in the static resolver file). At most 127 links per lab.
+        """
+        pod_a, pod_b = self.pods[a], self.pods[b]
+        links = sum(len(p.direct_ips) for p in self.pods.values()) // 2
+        if links >= 127:
+            raise ValueError("at most 127 direct links in one lab")
+        ip_a, ip_b = f"10.78.{self.slot}.{2 * links}", f"10.78.{self.slot}.{2 * links + 1}"
+        if_a, if_b = f"p2p{links}{b}"[:15], f"p2p{links}{a}"[:15]
+        _sh("ip", "link", "add", if_a, "netns", pod_a.netns, "type", "veth", "peer", "name", if_b,
+            "netns", pod_b.netns)
+        for pod, ifname, ip in ((pod_a, if_a, ip_a), (pod_b, if_b, ip_b)):
+            pod.run(["ip", "addr", "add", f"{ip}/31", "dev", ifname])
+            pod.run(["ip", "link", "set", ifname, "up"])
+            pod.direct_ips.append(ip)
+        return ip_a, ip_b
+
     # --- traffic ---------------------------------------------------------
     def serve_tcp(self, pod: str, port: int) -> subprocess.Popen:
         """Start an accept-echo-close server in `pod`; returns once it listens."""
@@ -334,7 +358,7 @@ class Lab:
         for lab_pod, ident in names.items():
             pod = self.pods[lab_pod]
             namespace, pod_name, *rest = ident
-            entry = {"namespace": namespace, "pod": pod_name, "ips": [pod.ip4, pod.ip6]}
+            entry = {"namespace": namespace, "pod": pod_name, "ips": [pod.ip4, pod.ip6, *pod.direct_ips]}
             if rest and rest[0]:
                 entry["workload"] = rest[0]
             entries.append(entry)

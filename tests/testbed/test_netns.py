@@ -54,3 +54,27 @@ def test_pinned_lab_runs_its_processes_on_that_cpu():
     with Lab(["a"], pin_cpu=0) as lab:
         out = lab.pods["a"].run(["grep", "Cpus_allowed_list", "/proc/self/status"]).stdout
         assert out.split()[-1] == "0"
+
+
+def _rx_packets(lab, pod: str, ifname: str) -> int:
+    return int(lab.pods[pod].run(["cat", f"/sys/class/net/{ifname}/statistics/rx_packets"]).stdout)
+
+
+def test_a_direct_link_carries_traffic_past_the_bridge_and_is_in_the_resolver_file(tmp_path):
+    with Lab(["a", "b", "c"]) as lab:
+        ip_a, ip_b = lab.link("a", "b")
+        assert (lab.pods["a"].direct_ips, lab.pods["b"].direct_ips) == ([ip_a], [ip_b])
+        assert lab.link("b", "c")[0] not in (ip_a, ip_b)   # a second link gets its own addresses
+        lab.serve_tcp("b", 7000)
+        route = lab.pods["a"].run(["ip", "-o", "route", "get", ip_b]).stdout
+        link_if = route.split(" dev ")[1].split()[0]
+        assert link_if != "eth0" and " via " not in route, route
+        peer_if = lab.pods["b"].run(["ip", "-o", "addr", "show", "to", ip_b]).stdout.split()[1]
+        before = _rx_packets(lab, "b", peer_if)
+        assert lab.connect_many("a", ip_b, 7000, 5) == 5
+        # SYN, ACK, request, FIN, ACK of the echo at least, per connection
+        assert _rx_packets(lab, "b", peer_if) - before >= 25
+        pods = yaml.safe_load(lab.write_static_resolver(tmp_path / "pods.yaml",
+                                                        {"a": ("ns", "a"), "b": ("ns", "b")}).read_text())
+        ips = {p["pod"]: p["ips"] for p in pods["pods"]}
+        assert ip_a in ips["a"] and ip_b in ips["b"]

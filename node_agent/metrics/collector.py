@@ -245,10 +245,17 @@ class AgentCollector:
         discarded = CounterMetricFamily(
             "netprobe_program_discarded_events_total",
             "Events a program saw but did not count, by reason.", labels=["program", "reason"])
+        missed = CounterMetricFamily(
+            "netprobe_program_missed_runs_total",
+            "Events the kernel did not run a program for: a program on a (plain) tracepoint is "
+            "skipped while another tracing BPF program runs on the same CPU. These events are "
+            "not counted.", labels=["program", "hook"])
         with self.manager.lock:
             for inst in self.manager.running():
                 if inst.bpf is None:
                     continue
+                for hook, n in inst.missed_runs().items():
+                    missed.add_metric([inst.name, hook], n)
                 per_slot = inst.table("np_map_errors")
                 for index, map_name in inst.spec.map_error_slots.items():
                     failures.add_metric([inst.name, map_name], sum(per_slot[per_slot.Key(index)]))
@@ -269,7 +276,7 @@ class AgentCollector:
         agent = GaugeMetricFamily("netprobe_agent_info", "The agent's kernel and the headers BCC compiled with.",
                                   labels=sorted(self.state.info))
         agent.add_metric([self.state.info[k] for k in sorted(self.state.info)], 1)
-        families = [info, up, errors, entries, capacity, fill, evictions, failures, discarded,
+        families = [info, up, errors, entries, capacity, fill, evictions, failures, discarded, missed,
                     scrape_errors, reloads, reload_errors, agent]
         if scope is not None:
             unresolved = GaugeMetricFamily(

@@ -17,6 +17,7 @@ from pathlib import Path
 from node_agent.kernel.btf import BTFError, kernel_btf
 from node_agent.kernel.features import KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
+from node_agent.runtime.prog_info import recursion_misses
 from node_agent.runtime.spec import ProgramSpec, Strategy
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,22 @@ class ProgramInstance:
 
     def table(self, name: str):
         return self.bpf[name.encode()]
+
+    def missed_runs(self) -> dict[str, int]:
+        """Runs the kernel skipped (prog_info.recursion_misses), by hook: the
+        attach targets of each loaded function, joined if it has several."""
+        if self.bpf is None or self.attach is None:
+            return {}
+        hooks: dict[str, list[str]] = {}
+        for a in self.spec.strategy(self.attach).attachments:
+            hooks.setdefault(a.fn, []).append(a.target)
+        missed = {}
+        for fn, targets in hooks.items():
+            loaded = self.bpf.funcs.get(fn.encode())
+            count = recursion_misses(loaded.fd) if loaded is not None else None
+            if count is not None:
+                missed[",".join(targets)] = count
+        return missed
 
     def stop(self) -> None:
         if self.bpf is not None:

@@ -222,3 +222,10 @@ def test_the_config_doc_lists_every_option_of_every_program():
     for spec in CATALOGUE.values():
         for option in spec.options:
             assert f"`{option.name}`" in doc, f"{spec.name}.{option.name} undocumented"
+
+
+def test_missed_runs_of_a_descriptor_that_is_no_program_are_unknown_not_zero():
+    from node_agent.runtime.prog_info import recursion_misses
+    with open("/dev/null") as f:
+        assert recursion_misses(f.fileno()) is None
+    assert recursion_misses(-1) is None

@@ -165,6 +165,58 @@ static __always_inline int np_sock_addresses(const u8 *sk, struct np_addr_pair *
 }
 #endif /* OFF_SKC_FAMILY */
 
+/* The IP header of an sk_buff (head + network_header, one window read) and
+ * the addresses in it, for programs that get the sk_buff pointer. Needs the
+ * BTF offsets OFF_SKB_HEAD and OFF_SKB_NETWORK_HEADER. */
+#if defined(OFF_SKB_HEAD) && defined(OFF_SKB_NETWORK_HEADER)
+#define NP_SKB_NH_LO NP_MIN(OFF_SKB_NETWORK_HEADER, OFF_SKB_HEAD)
+#define NP_SKB_NH_HI NP_MAX(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_HEAD + 8)
+
+static __always_inline const u8 *np_skb_network_header(const u8 *skb)
+{
+    const u8 *head = 0;
+    u16 network_header = 0;
+#if NP_SKB_NH_HI - NP_SKB_NH_LO <= NP_WINDOW_MAX
+    u8 win[NP_SKB_NH_HI - NP_SKB_NH_LO];
+    if (bpf_probe_read_kernel(win, sizeof(win), skb + NP_SKB_NH_LO))
+        return 0;
+    __builtin_memcpy(&head, win + OFF_SKB_HEAD - NP_SKB_NH_LO, sizeof(head));
+    __builtin_memcpy(&network_header, win + OFF_SKB_NETWORK_HEADER - NP_SKB_NH_LO, sizeof(network_header));
+#else
+    bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SKB_HEAD);
+    bpf_probe_read_kernel(&network_header, sizeof(network_header), skb + OFF_SKB_NETWORK_HEADER);
+#endif
+    return head ? head + network_header : 0;
+}
+
+/* Source and destination of the IPv4 or IPv6 header at ip; 0 if neither.
+ * One read of 40 bytes covers both families' addresses (IPv4: 12..20,
+ * IPv6: 8..40); a buffer that ends before 40 bytes (a tiny IPv4 datagram at
+ * the end of a page) is read again with the IPv4 header's size. */
+static __always_inline int np_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16])
+{
+    u32 hdr[10];                /* words: the addresses are copied a word at a time */
+    u8 *bytes = (u8 *)hdr;
+
+    if (!ip)
+        return 0;
+    int whole = bpf_probe_read_kernel(hdr, sizeof(hdr), ip) == 0;
+    if (!whole && bpf_probe_read_kernel(hdr, 20, ip))
+        return 0;
+    if ((bytes[0] >> 4) == 4) {
+        np_addr_from_v4_words(src, hdr + 3);        /* bytes 12..16 */
+        np_addr_from_v4_words(dst, hdr + 4);        /* bytes 16..20 */
+        return 1;
+    }
+    if ((bytes[0] >> 4) == 6 && whole) {
+        np_addr_copy_words(src, hdr + 2);           /* bytes 8..24 */
+        np_addr_copy_words(dst, hdr + 6);           /* bytes 24..40 */
+        return 1;
+    }
+    return 0;
+}
+#endif /* OFF_SKB_HEAD && OFF_SKB_NETWORK_HEADER */
+
 /* The log2 slot of v: the smallest s with v <= 2^s, capped at NP_MAX_SLOT. */
 static __always_inline u32 np_log2_slot(u64 v)
 {

@@ -75,55 +75,6 @@ static __always_inline void rx_start(u64 skb)
     slot->skb = skb;
 }
 
-/* sk_buff->network_header (u16) and ->head (pointer), read in one window. */
-#define RX_WIN_LO NP_MIN(OFF_SKB_NETWORK_HEADER, OFF_SKB_HEAD)
-#define RX_WIN_HI NP_MAX(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_HEAD + 8)
-
-static __always_inline unsigned char *rx_network_header(u64 skb)
-{
-    unsigned char *head = 0;
-    u16 network_header = 0;
-#if RX_WIN_HI - RX_WIN_LO <= NP_WINDOW_MAX
-    u8 win[RX_WIN_HI - RX_WIN_LO];
-    if (bpf_probe_read_kernel(win, sizeof(win), (void *)(skb + RX_WIN_LO)))
-        return 0;
-    __builtin_memcpy(&head, win + OFF_SKB_HEAD - RX_WIN_LO, sizeof(head));
-    __builtin_memcpy(&network_header, win + OFF_SKB_NETWORK_HEADER - RX_WIN_LO, sizeof(network_header));
-#else
-    bpf_probe_read_kernel(&head, sizeof(head), (void *)(skb + OFF_SKB_HEAD));
-    bpf_probe_read_kernel(&network_header, sizeof(network_header), (void *)(skb + OFF_SKB_NETWORK_HEADER));
-#endif
-    return head ? head + network_header : 0;
-}
-
-/* Fill key->pair from the skb's IP header; 0 if it is neither IPv4 nor IPv6.
- * One read of 40 bytes covers both families' addresses (IPv4: 12..20,
- * IPv6: 8..40); a packet whose buffer ends before 40 bytes (a tiny IPv4
- * datagram at the end of a page) is read again with the IPv4 header's size. */
-static __always_inline int rx_addresses(u64 skb, struct latency_key *key)
-{
-    unsigned char *ip = rx_network_header(skb);
-    u32 hdr[10];                /* words: the addresses are copied a word at a time */
-    u8 *bytes = (u8 *)hdr;
-
-    if (!ip)
-        return 0;
-    int whole = bpf_probe_read_kernel(hdr, sizeof(hdr), ip) == 0;
-    if (!whole && bpf_probe_read_kernel(hdr, 20, ip))
-        return 0;
-    if ((bytes[0] >> 4) == 4) {
-        np_addr_from_v4_words(key->pair.remote, hdr + 3);   /* saddr, bytes 12..16 */
-        np_addr_from_v4_words(key->pair.local, hdr + 4);    /* daddr, bytes 16..20 */
-        return 1;
-    }
-    if ((bytes[0] >> 4) == 6 && whole) {
-        np_addr_copy_words(key->pair.remote, hdr + 2);      /* bytes 8..24 */
-        np_addr_copy_words(key->pair.local, hdr + 6);       /* bytes 24..40 */
-        return 1;
-    }
-    return 0;
-}
-
 static __always_inline void rx_end(u64 skb)
 {
     u32 index = inflight_index(skb);
@@ -140,8 +91,8 @@ static __always_inline void rx_end(u64 skb)
         np_map_error(ERR_STALE);
         return;
     }
-    struct latency_key key = {};
-    if (!rx_addresses(skb, &key))
+    struct latency_key key = {};        /* local = the packet's destination, remote = its source */
+    if (!np_ip_addresses(np_skb_network_header((const u8 *)skb), key.pair.remote, key.pair.local))
         return;
     struct np_hist_value zero = {}, *bucket;
     key.slot = np_log2_slot(delta);

@@ -1,8 +1,10 @@
 /* tcp_connections: TCP connections opened, closed, active, their duration,
  * and resets, by local socket address, peer and direction.
  *
- * Hooks: tracepoint sock:inet_sock_set_state (every TCP state change, with
- * the socket's own address as saddr), tcp:tcp_send_reset, tcp:tcp_receive_reset.
+ * Hooks: sock:inet_sock_set_state (every TCP state change, with the
+ * socket's own address as saddr), tcp:tcp_send_reset, tcp:tcp_receive_reset;
+ * as raw tracepoints (np_raw_*: socket fields read at offsets from the
+ * running kernel's BTF) or, failing that, as tracepoints (their records).
  *
  * A connection is opened when it reaches ESTABLISHED: from SYN_SENT it is
  * outbound (we connected), from SYN_RECV inbound (we accepted). The socket is
@@ -99,46 +101,30 @@ static __always_inline void count_reset(struct conn_key *key)
         np_map_error(ERR_RESETS);
 }
 
-int np_tcp_state(struct tracepoint__sock__inet_sock_set_state *args)
+/* A connection reached ESTABLISHED (from SYN_SENT or SYN_RECV). */
+static __always_inline void connection_established(u64 sk, int oldstate, const struct np_addr_pair *pair)
 {
-    if (args->protocol != NP_IPPROTO_TCP)
-        return 0;
-    int newstate = args->newstate, oldstate = args->oldstate;
-    if (newstate != TCP_CLOSE && newstate != TCP_ESTABLISHED)
-        return 0;
-    u64 sk = (u64)args->skaddr;
-
-    if (newstate == TCP_ESTABLISHED) {
-        if (oldstate != TCP_SYN_SENT && oldstate != TCP_SYN_RECV)
-            return 0;
-        struct sock_info info = {};
-        info.opened_ns = bpf_ktime_get_ns();
-        info.conn.direction = oldstate == TCP_SYN_SENT ? DIR_OUTBOUND : DIR_INBOUND;
-        if (args->family == NP_AF_INET) {
-            np_addr_from_v4(info.conn.pair.local, args->saddr);
-            np_addr_from_v4(info.conn.pair.remote, args->daddr);
-        } else if (args->family == NP_AF_INET6) {
-            __builtin_memcpy(info.conn.pair.local, args->saddr_v6, 16);
-            __builtin_memcpy(info.conn.pair.remote, args->daddr_v6, 16);
-        } else {
-            return 0;
-        }
-        struct conn_counts *counts = counts_of(&info.conn);
+    struct sock_info info = {};
+    info.opened_ns = bpf_ktime_get_ns();
+    info.conn.direction = oldstate == TCP_SYN_SENT ? DIR_OUTBOUND : DIR_INBOUND;
+    info.conn.pair = *pair;
+    struct conn_counts *counts = counts_of(&info.conn);
+    if (counts)
+        counts->opened++;
+    if (np_sockets.update(&sk, &info) == 0) {
         if (counts)
-            counts->opened++;
-        if (np_sockets.update(&sk, &info) == 0) {
-            if (counts)
-                counts->active++;
-        } else {
-            np_map_error(ERR_SOCKETS);
-        }
-        return 0;
+            counts->active++;
+    } else {
+        np_map_error(ERR_SOCKETS);
     }
+}
 
-    /* newstate == TCP_CLOSE */
+/* A socket reached CLOSE: counted if we saw it open. */
+static __always_inline void connection_closed(u64 sk)
+{
     struct sock_info *info = np_sockets.lookup(&sk);
     if (!info)
-        return 0;              /* opened before we looked, or never established */
+        return;                /* opened before we looked, or never established */
     struct sock_info seen = *info;
     np_sockets.delete(&sk);
     struct conn_counts *counts = counts_of(&seen.conn);
@@ -147,6 +133,47 @@ int np_tcp_state(struct tracepoint__sock__inet_sock_set_state *args)
         counts->active--;
     }
     observe_duration(&seen.conn, (bpf_ktime_get_ns() - seen.opened_ns) / 1000);
+}
+
+static __always_inline int interesting(int oldstate, int newstate)
+{
+    if (newstate == TCP_CLOSE)
+        return 1;
+    return newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV);
+}
+
+int np_tcp_state(struct tracepoint__sock__inet_sock_set_state *args)
+{
+    if (args->protocol != NP_IPPROTO_TCP)
+        return 0;
+    int newstate = args->newstate, oldstate = args->oldstate;
+    if (!interesting(oldstate, newstate))
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    if (newstate == TCP_CLOSE) {
+        connection_closed(sk);
+        return 0;
+    }
+    /* Every address word is loaded before the family branch (all are at
+     * 4-byte-aligned record offsets): the verifier only accepts record reads
+     * at a constant offset from the context, and clang, left alone, copies
+     * the record into the map value later through one pointer for both
+     * branches ("dereference of modified ctx ptr"). */
+    const volatile u32 *s4 = (const volatile u32 *)args->saddr, *d4 = (const volatile u32 *)args->daddr;
+    const volatile u32 *s6 = (const volatile u32 *)args->saddr_v6, *d6 = (const volatile u32 *)args->daddr_v6;
+    u32 local4 = s4[0], remote4 = d4[0];
+    u32 local6[4] = {s6[0], s6[1], s6[2], s6[3]}, remote6[4] = {d6[0], d6[1], d6[2], d6[3]};
+    struct np_addr_pair pair = {};
+    if (args->family == NP_AF_INET) {
+        np_addr_from_v4_words(pair.local, &local4);
+        np_addr_from_v4_words(pair.remote, &remote4);
+    } else if (args->family == NP_AF_INET6) {
+        np_addr_copy_words(pair.local, local6);
+        np_addr_copy_words(pair.remote, remote6);
+    } else {
+        return 0;
+    }
+    connection_established(sk, oldstate, &pair);
     return 0;
 }
 
@@ -179,3 +206,71 @@ int np_tcp_receive_reset(struct tracepoint__tcp__tcp_receive_reset *args)
     count_reset(&key);
     return 0;
 }
+
+#ifdef NP_ATTACH_RAW_TRACEPOINT
+#if !defined(OFF_SK_PROTOCOL) || !defined(OFF_SKC_STATE)
+#error "the agent passes sock member offsets from BTF"
+#endif
+
+#define TCP_TIME_WAIT 6
+#define TCP_NEW_SYN_RECV 12
+
+/* The same hooks as raw tracepoints: the kernel builds no record and never
+ * skips these programs because another tracing program is running on the
+ * CPU (docs/agent.md); what the records held is read from the socket. */
+
+int np_raw_tcp_state(struct bpf_raw_tracepoint_args *ctx)  /* inet_sock_set_state(sk, oldstate, newstate) */
+{
+    const u8 *sk = (const u8 *)ctx->args[0];
+    int oldstate = ctx->args[1], newstate = ctx->args[2];
+    u16 protocol = 0;
+
+    if (!interesting(oldstate, newstate))
+        return 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + OFF_SK_PROTOCOL);
+    if (protocol != NP_IPPROTO_TCP)
+        return 0;
+    if (newstate == TCP_CLOSE) {
+        connection_closed((u64)sk);
+        return 0;
+    }
+    struct np_addr_pair pair = {};
+    if (!np_sock_addresses(sk, &pair))
+        return 0;
+    connection_established((u64)sk, oldstate, &pair);
+    return 0;
+}
+
+/* tcp_send_reset(sk, skb, reason): from a full socket its own addresses; a
+ * reply for no socket, a request or a TIME_WAIT socket (sk NULL or not a full
+ * socket) takes the incoming packet's, reversed: its destination is our side. */
+int np_raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
+{
+    const u8 *sk = (const u8 *)ctx->args[0];
+    const u8 *skb = (const u8 *)ctx->args[1];
+    struct conn_key key = {};
+    u8 state = 0;
+
+    key.direction = DIR_SENT;
+    if (sk)
+        bpf_probe_read_kernel(&state, sizeof(state), sk + OFF_SKC_STATE);
+    if (sk && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV) {
+        if (!np_sock_addresses(sk, &key.pair))
+            return 0;
+    } else if (!skb || !np_ip_addresses(np_skb_network_header(skb), key.pair.remote, key.pair.local)) {
+        return 0;
+    }
+    count_reset(&key);
+    return 0;
+}
+
+int np_raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)   /* tcp_receive_reset(sk) */
+{
+    struct conn_key key = {};
+    key.direction = DIR_RECEIVED;
+    if (!np_sock_addresses((const u8 *)ctx->args[0], &key.pair))
+        return 0;
+    count_reset(&key);
+    return 0;
+}
+#endif /* NP_ATTACH_RAW_TRACEPOINT */

@@ -5,7 +5,7 @@ kernels without kprobes net:netif_receive_skb -> skb:skb_copy_datagram_iovec,
 hooked as raw tracepoints (no record built: cheaper) or, failing that, as
 tracepoints.
 """
-from node_agent.runtime.spec import (Attach, KeyLayout, MapInfo, Metric, Option, ProgramSpec, Strategy,
+from node_agent.runtime.spec import (SKB_NETWORK_HEADER_OFFSETS, Attach, KeyLayout, MapInfo, Metric, Option, ProgramSpec, Strategy,
                                      max_entries_option)
 
 LATENCY_KEY = KeyLayout(size=40, slot_offset=32)
@@ -60,8 +60,5 @@ SPEC = ProgramSpec(
     maps=(MapInfo("latency_ns"),),
     map_error_slots={0: "latency_ns"},
     discard_slots={1: "unmatched", 2: "stale"},
-    btf_offsets={
-        "OFF_SKB_HEAD": ("sk_buff", "head"),
-        "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
-    },
+    btf_offsets=SKB_NETWORK_HEADER_OFFSETS,
 )

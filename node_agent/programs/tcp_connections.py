@@ -1,5 +1,12 @@
-"""tcp_connections: opens, closes, active, duration, resets (bpf/tcp_connections.c)."""
-from node_agent.runtime.spec import Attach, KeyLayout, MapInfo, Metric, ProgramSpec, Strategy, max_entries_option
+"""tcp_connections: opens, closes, active, duration, resets (bpf/tcp_connections.c).
+
+Hooked as raw tracepoints (socket fields read at BTF offsets; the kernel
+builds no record and never skips them for another tracing program) or,
+failing that, as tracepoints: the same counts either way.
+"""
+from node_agent.runtime.spec import (SKB_NETWORK_HEADER_OFFSETS, SOCK_ADDRESS_OFFSETS, Attach, KeyLayout, MapInfo,
+                                     Metric, ProgramSpec, Strategy, attach_modes, attach_option,
+                                     max_entries_option)
 
 CONN_KEY = KeyLayout(size=40, code_offset=32)
 DURATION_KEY = KeyLayout(size=48, code_offset=32, slot_offset=40)
@@ -10,14 +17,24 @@ SPEC = ProgramSpec(
     name="tcp_connections",
     source="tcp_connections.c",
     summary="TCP connections opened (by direction), closed, active, their duration, and resets",
-    options=(max_entries_option(16384),),
+    options=(attach_option("inet_sock_set_state, tcp_send_reset and tcp_receive_reset"),
+             max_entries_option(16384)),
     strategies=(
+        Strategy("raw_tracepoint", (
+            Attach("raw_tracepoint", "sock:inet_sock_set_state", "np_raw_tcp_state"),
+            Attach("raw_tracepoint", "tcp:tcp_send_reset", "np_raw_tcp_send_reset"),
+            Attach("raw_tracepoint", "tcp:tcp_receive_reset", "np_raw_tcp_receive_reset"),
+        ), defines=("NP_ATTACH_RAW_TRACEPOINT",)),
         Strategy("tracepoint", (
             Attach("tracepoint", "sock:inet_sock_set_state", "np_tcp_state"),
             Attach("tracepoint", "tcp:tcp_send_reset", "np_tcp_send_reset"),
             Attach("tracepoint", "tcp:tcp_receive_reset", "np_tcp_receive_reset"),
         )),
     ),
+    choose_strategies=attach_modes,
+    btf_offsets={**SOCK_ADDRESS_OFFSETS, **SKB_NETWORK_HEADER_OFFSETS,
+                 "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+                 "OFF_SKC_STATE": ("sock_common", "skc_state")},
     metrics=(
         Metric("netprobe_tcp_connections_opened_total", "counter",
                "TCP connections of this pod that reached ESTABLISHED: outbound (it connected) "

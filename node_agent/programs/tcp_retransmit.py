@@ -6,8 +6,8 @@ is the retransmit ratio. Counting segments sent needs net:net_dev_start_xmit
 count_segments: false) the program runs with retransmits only, as attach mode
 `retransmits_only`.
 """
-from node_agent.runtime.spec import (PAIR_KEY, Attach, MapInfo, Metric, Option, ProgramSpec, Strategy,
-                                     max_entries_option)
+from node_agent.runtime.spec import (PAIR_KEY, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
+                                     ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
 
 RETRANSMITS = Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit")
 
@@ -29,9 +29,7 @@ RETRANSMITS_ONLY = Strategy("retransmits_only", (RETRANSMITS,))
 def _strategies(options: dict) -> tuple[str, ...]:
     if not options["count_segments"]:
         return ("retransmits_only",)
-    mode = options["attach"]
-    segments = ("raw_tracepoint", "tracepoint") if mode == "auto" else (mode,)
-    return segments + ("retransmits_only",)
+    return attach_modes(options) + ("retransmits_only",)
 
 
 SPEC = ProgramSpec(
@@ -40,9 +38,7 @@ SPEC = ProgramSpec(
     summary="retransmitted TCP segments and TCP segments sent, counted by the sending socket",
     options=(
         max_entries_option(8192),
-        Option("attach", str, "auto",
-               "how segments sent hook net_dev_start_xmit: auto (raw_tracepoint, else tracepoint) | "
-               "raw_tracepoint | tracepoint", choices=("auto", "raw_tracepoint", "tracepoint")),
+        attach_option("net_dev_start_xmit for segments sent"),
         Option("count_segments", bool, True,
                "also count every TCP segment sent (netprobe_tcp_segments_sent_total, the ratio's "
                "denominator); one more tracepoint program that runs for every transmitted packet"),
@@ -63,9 +59,8 @@ SPEC = ProgramSpec(
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),
         "OFF_SKB_DATA": ("sk_buff", "data"),
-        "OFF_SKB_HEAD": ("sk_buff", "head"),
+        **SKB_NETWORK_HEADER_OFFSETS,
         "OFF_SKB_END": ("sk_buff", "end"),
-        "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
         "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
         "OFF_SHINFO_GSO_SEGS": ("skb_shared_info", "gso_segs"),
     },

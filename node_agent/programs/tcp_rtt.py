@@ -4,33 +4,17 @@ Hooked on tcp_probe as a raw tracepoint (srtt and addresses read from the
 socket; the kernel builds no record) or, failing that, as a tracepoint: the
 same samples either way.
 """
-from node_agent.runtime.spec import (Attach, KeyLayout, MapInfo, Metric, Option, ProgramSpec, Strategy,
-                                     max_entries_option)
+from node_agent.runtime.spec import (SOCK_ADDRESS_OFFSETS, Attach, KeyLayout, MapInfo, Metric, ProgramSpec,
+                                     Strategy, attach_modes, attach_option, max_entries_option)
 
 RTT_KEY = KeyLayout(size=40, slot_offset=32)
-
-# struct sock_common members np_sock_addresses reads (bpf/netprobe.h).
-SOCK_ADDRESS_OFFSETS = {
-    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
-    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
-    "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
-    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
-    "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
-}
-
-
-def _strategies(options: dict) -> tuple[str, ...]:
-    mode = options["attach"]
-    return ("raw_tracepoint", "tracepoint") if mode == "auto" else (mode,)
-
 
 SPEC = ProgramSpec(
     name="tcp_rtt",
     source="tcp_rtt.c",
     summary="smoothed round-trip time, one sample per segment received on an established connection",
     options=(
-        Option("attach", str, "auto", "auto (raw_tracepoint, else tracepoint) | raw_tracepoint | tracepoint",
-               choices=("auto", "raw_tracepoint", "tracepoint")),
+        attach_option("tcp_probe (the same samples either way)"),
         max_entries_option(16384),
     ),
     strategies=(
@@ -38,7 +22,7 @@ SPEC = ProgramSpec(
                  defines=("NP_ATTACH_RAW_TRACEPOINT",)),
         Strategy("tracepoint", (Attach("tracepoint", "tcp:tcp_probe", "np_tcp_rtt"),)),
     ),
-    choose_strategies=_strategies,
+    choose_strategies=attach_modes,
     metrics=(
         Metric("netprobe_tcp_rtt_seconds", "histogram",
                "Smoothed TCP round-trip time seen by sockets of this pod, sampled at each "

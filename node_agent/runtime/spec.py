@@ -172,3 +172,36 @@ class ProgramSpec:
         if names is None:
             return self.strategies
         return tuple(self.strategy(n) for n in names)
+
+
+# ------------------------------------------------- shared by the program specs
+
+RAW_FIRST = ("raw_tracepoint", "tracepoint")
+
+
+def attach_option(hooks: str, modes: tuple[str, ...] = RAW_FIRST) -> Option:
+    """The `attach` option of a program whose hooks can be taken several ways;
+    `auto` tries `modes` in order (see attach_modes)."""
+    return Option("attach", str, "auto",
+                  f"how to hook {hooks}: auto ({', else '.join(modes)}) | {' | '.join(modes)}",
+                  choices=("auto", *modes))
+
+
+def attach_modes(options: dict, modes: tuple[str, ...] = RAW_FIRST) -> tuple[str, ...]:
+    """The strategies to try, by name, for the program's `attach` option."""
+    mode = options["attach"]
+    return modes if mode == "auto" else (mode,)
+
+
+# BTF offsets of the members bpf/netprobe.h's helpers read.
+SOCK_ADDRESS_OFFSETS = {          # np_sock_addresses
+    "OFF_SKC_FAMILY": ("sock_common", "skc_family"),
+    "OFF_SKC_DADDR": ("sock_common", "skc_daddr"),
+    "OFF_SKC_RCV_SADDR": ("sock_common", "skc_rcv_saddr"),
+    "OFF_SKC_V6_DADDR": ("sock_common", "skc_v6_daddr"),
+    "OFF_SKC_V6_RCV_SADDR": ("sock_common", "skc_v6_rcv_saddr"),
+}
+SKB_NETWORK_HEADER_OFFSETS = {    # np_skb_network_header
+    "OFF_SKB_HEAD": ("sk_buff", "head"),
+    "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
+}

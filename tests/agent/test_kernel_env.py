@@ -124,7 +124,7 @@ def test_doctor_reports_every_program_and_the_fallback():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for program, attach in (("tcp_retransmit", "raw_tracepoint"), ("tcp_connections", "tracepoint"),
+    for program, attach in (("tcp_retransmit", "raw_tracepoint"), ("tcp_connections", "raw_tracepoint"),
                             ("tcp_rtt", "raw_tracepoint")):
         assert f"{program}: can load: yes, via {attach}" in out
     assert "sock:inet_sock_set_state: yes" in out and "BTF (/sys/kernel/btf/vmlinux): yes" in out

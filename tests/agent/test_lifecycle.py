@@ -55,7 +55,7 @@ def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, 
     assert s.value("netprobe_program_errors_total", program="rx_latency", stage="attach") == 1
     assert s.value("netprobe_program_errors_total", program="tcp_connections") == 0
     assert [x.labels for x in s.all("netprobe_program_info")] == [{"program": "tcp_connections",
-                                                                   "attach": "tracepoint"}]
+                                                                   "attach": "raw_tracepoint"}]
     assert_counts_connections(lab, agent, 7101)
     assert "stage=attach" in agent.log_path.read_text()
 

@@ -45,15 +45,14 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
 
 
 # Every test runs twice: with the defaults (the cheapest hooks this kernel
-# takes: raw tracepoints where a program has them) and with every program
-# forced onto plain tracepoints, the fallback, which must count the same.
+# takes: raw tracepoints) and with every program forced onto plain
+# tracepoints, the fallback, which must count the same.
 ATTACH_MODES = {
     "auto": ALL_PROGRAMS,
-    "tracepoint": {"tcp_retransmit": {"attach": "tracepoint"}, "tcp_connections": {},
-                   "tcp_rtt": {"attach": "tracepoint"}, "rx_latency": {"attach": "tracepoint"}},
+    "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
 }
 EXPECTED_ATTACH = {
-    "auto": {"tcp_retransmit": "raw_tracepoint", "tcp_connections": "tracepoint",
+    "auto": {"tcp_retransmit": "raw_tracepoint", "tcp_connections": "raw_tracepoint",
              "tcp_rtt": "raw_tracepoint", "rx_latency": "raw_tracepoint"},
     "tracepoint": {"tcp_retransmit": "tracepoint", "tcp_connections": "tracepoint",
                    "tcp_rtt": "tracepoint", "rx_latency": "tracepoint"},
@@ -173,6 +172,40 @@ def test_refused_connections_count_resets_on_both_sides(lab, agent, family):
     # The kernel's RSTs (sent from no socket of b) count as segments b sent, like in Tcp OutSegs.
     assert after.value("netprobe_tcp_segments_sent_total", **pod_labels("b", "a")) - \
         before.value("netprobe_tcp_segments_sent_total", **pod_labels("b", "a")) == m
+
+
+_ABORT = r"""
+import socket, struct, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for _ in range(count):
+    c = socket.create_connection((host, port), timeout=5)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()                   # linger 0: an established socket aborts with a RST
+print(count)
+"""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_aborted_connection_counts_a_reset_sent_by_its_socket_and_received_by_the_peer(lab, agent, family):
+    """A RST from an established (full) socket, not the kernel's reply for no
+    socket: the raw path reads its addresses from the socket."""
+    m = 5
+    port = 7025 + FAMILIES.index(family)
+    lab.serve_tcp("b", port)
+    sent, received = dict(pod_labels("a", "b"), direction="sent"), dict(pod_labels("b", "a"), direction="received")
+    opened = dict(pod_labels("a", "b"), direction="outbound")
+    before = agent.scrape()
+    assert int(lab.pods["a"].run([sys.executable, "-c", _ABORT, ip(lab, "b", family), port, m]).stdout) == m
+    after = wait_until(lambda: (lambda s: s if s.value("netprobe_tcp_resets_total", **received)
+                                - before.value("netprobe_tcp_resets_total", **received) >= m else None)(agent.scrape()),
+                       timeout=10, what="resets counted")
+    assert after.value("netprobe_tcp_resets_total", **sent) - before.value("netprobe_tcp_resets_total", **sent) == m
+    assert after.value("netprobe_tcp_resets_total", **received) - \
+        before.value("netprobe_tcp_resets_total", **received) == m
+    assert after.value("netprobe_tcp_connections_opened_total", **opened) - \
+        before.value("netprobe_tcp_connections_opened_total", **opened) == m
+    assert after.value("netprobe_tcp_connections_closed_total", **opened) - \
+        before.value("netprobe_tcp_connections_closed_total", **opened) == m
 
 
 @pytest.mark.parametrize("family", FAMILIES)

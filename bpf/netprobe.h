@@ -189,11 +189,12 @@ static __always_inline const u8 *np_skb_network_header(const u8 *skb)
     return head ? head + network_header : 0;
 }
 
-/* Source and destination of the IPv4 or IPv6 header at ip; 0 if neither.
+/* Source and destination of the IPv4 or IPv6 header at ip, and the
+ * protocol it carries (IPv4 protocol, IPv6 next header); 0 if neither family.
  * One read of 40 bytes covers both families' addresses (IPv4: 12..20,
  * IPv6: 8..40); a buffer that ends before 40 bytes (a tiny IPv4 datagram at
  * the end of a page) is read again with the IPv4 header's size. */
-static __always_inline int np_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16])
+static __always_inline int np_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16], u8 *protocol)
 {
     u32 hdr[10];                /* words: the addresses are copied a word at a time */
     u8 *bytes = (u8 *)hdr;
@@ -203,14 +204,19 @@ static __always_inline int np_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16])
     int whole = bpf_probe_read_kernel(hdr, sizeof(hdr), ip) == 0;
     if (!whole && bpf_probe_read_kernel(hdr, 20, ip))
         return 0;
-    if ((bytes[0] >> 4) == 4) {
+    /* both protocol bytes loaded before the branch: otherwise clang picks the
+     * byte's address by or-ing into the stack pointer, which the verifier refuses */
+    u8 version = bytes[0] >> 4, protocol4 = ((volatile u8 *)bytes)[9], protocol6 = ((volatile u8 *)bytes)[6];
+    if (version == 4) {
         np_addr_from_v4_words(src, hdr + 3);        /* bytes 12..16 */
         np_addr_from_v4_words(dst, hdr + 4);        /* bytes 16..20 */
+        *protocol = protocol4;
         return 1;
     }
-    if ((bytes[0] >> 4) == 6 && whole) {
+    if (version == 6 && whole) {
         np_addr_copy_words(src, hdr + 2);           /* bytes 8..24 */
         np_addr_copy_words(dst, hdr + 6);           /* bytes 24..40 */
+        *protocol = protocol6;
         return 1;
     }
     return 0;

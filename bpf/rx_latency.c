@@ -92,7 +92,8 @@ static __always_inline void rx_end(u64 skb)
         return;
     }
     struct latency_key key = {};        /* local = the packet's destination, remote = its source */
-    if (!np_ip_addresses(np_skb_network_header((const u8 *)skb), key.pair.remote, key.pair.local))
+    u8 protocol;
+    if (!np_ip_addresses(np_skb_network_header((const u8 *)skb), key.pair.remote, key.pair.local, &protocol))
         return;
     struct np_hist_value zero = {}, *bucket;
     key.slot = np_log2_slot(delta);

@@ -249,7 +249,7 @@ int np_raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
     const u8 *sk = (const u8 *)ctx->args[0];
     const u8 *skb = (const u8 *)ctx->args[1];
     struct conn_key key = {};
-    u8 state = 0;
+    u8 state = 0, protocol;
 
     key.direction = DIR_SENT;
     if (sk)
@@ -257,7 +257,7 @@ int np_raw_tcp_send_reset(struct bpf_raw_tracepoint_args *ctx)
     if (sk && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV) {
         if (!np_sock_addresses(sk, &key.pair))
             return 0;
-    } else if (!skb || !np_ip_addresses(np_skb_network_header(skb), key.pair.remote, key.pair.local)) {
+    } else if (!skb || !np_ip_addresses(np_skb_network_header(skb), key.pair.remote, key.pair.local, &protocol)) {
         return 0;
     }
     count_reset(&key);

@@ -75,29 +75,13 @@ int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
 #define NP_ETH_P_IP 0x0800      /* in host order */
 #define NP_ETH_P_IPV6 0x86DD
 
-/* The key of a TCP packet from its IP header; 0 if it is not IPv4/IPv6 TCP.
- * 40 bytes hold an IPv6 header, or an IPv4 header and the start of its TCP
- * header: every packet counted here has them. */
-static __always_inline int segment_key(const u8 *ip, u16 protocol, struct np_addr_pair *key)
+/* The key of a TCP packet from its IP header (local = source, peer =
+ * destination); 0 unless IPv4/IPv6 carrying TCP (TCP behind IPv6 extension
+ * headers is not counted). */
+static __always_inline int segment_key(const u8 *ip, struct np_addr_pair *key)
 {
-    u32 hdr[10];                /* words: the addresses are copied a word at a time */
-    u8 *bytes = (u8 *)hdr;
-
-    if (bpf_probe_read_kernel(hdr, sizeof(hdr), ip))
-        return 0;
-    if (protocol == NP_ETH_P_IP) {
-        if ((bytes[0] >> 4) != 4 || bytes[9] != NP_IPPROTO_TCP)
-            return 0;
-        np_addr_from_v4_words(key->local, hdr + 3);     /* saddr, bytes 12..16 */
-        np_addr_from_v4_words(key->remote, hdr + 4);    /* daddr, bytes 16..20 */
-        return 1;
-    }
-    /* The next header must be TCP: TCP behind IPv6 extension headers is not counted. */
-    if ((bytes[0] >> 4) != 6 || bytes[6] != NP_IPPROTO_TCP)
-        return 0;
-    np_addr_copy_words(key->local, hdr + 2);            /* bytes 8..24 */
-    np_addr_copy_words(key->remote, hdr + 6);           /* bytes 24..40 */
-    return 1;
+    u8 protocol = 0;
+    return np_ip_addresses(ip, key->local, key->remote, &protocol) && protocol == NP_IPPROTO_TCP;
 }
 
 static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_segs)
@@ -141,7 +125,7 @@ int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
     if (!data)
         return 0;
     struct np_addr_pair key = {};
-    if (!segment_key(data + args->network_offset, protocol, &key))
+    if (!segment_key(data + args->network_offset, &key))
         return 0;
     count_segments(&key, args->gso_segs);
     return 0;
@@ -186,7 +170,7 @@ int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
     if ((protocol != NP_ETH_P_IP && protocol != NP_ETH_P_IPV6) || !head)
         return 0;
     struct np_addr_pair key = {};
-    if (!segment_key(head + network_header, protocol, &key))
+    if (!segment_key(head + network_header, &key))
         return 0;
     u16 gso_segs = 0;           /* skb_shinfo(skb)->gso_segs: skb_shared_info sits at head + end */
     bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs), head + end + OFF_SHINFO_GSO_SEGS);

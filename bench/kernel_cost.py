@@ -121,17 +121,38 @@ int ref_count(void *ctx)
 REFERENCES = {"ref_empty": "reference: empty program", "ref_count": "reference: per-CPU counter increment"}
 
 
-def load_reference_programs():
-    """Compile and attach the reference programs in this process; returns the BPF object."""
-    from bcc import BPF
+class ReferencePrograms:
+    """The reference programs, compiled and attached in this process.
 
-    from node_agent.kernel.headers import find_kernel_headers
+    One BPF object per program: BCC keeps one attachment per tracepoint name
+    in an object, so a second program attached to the same tracepoint would
+    be left attached by cleanup() (it was, and ran on for the rest of the
+    bench)."""
 
-    find_kernel_headers(set_env=True)  # BCC_KERNEL_SOURCE, as the agent does
-    bpf = BPF(text=_REFERENCE_PROGRAMS)
-    for fn in REFERENCES:
-        bpf.attach_tracepoint(tp=REFERENCE_TRACEPOINT, fn_name=fn)
-    return bpf
+    def __init__(self):
+        from bcc import BPF
+
+        from node_agent.kernel.headers import find_kernel_headers
+
+        find_kernel_headers(set_env=True)  # BCC_KERNEL_SOURCE, as the agent does
+        self.objects = []
+        try:
+            for fn in REFERENCES:
+                bpf = BPF(text=_REFERENCE_PROGRAMS)
+                self.objects.append(bpf)
+                bpf.attach_tracepoint(tp=REFERENCE_TRACEPOINT, fn_name=fn)
+        except Exception:
+            self.cleanup()
+            raise
+
+    def cleanup(self) -> None:
+        for bpf in self.objects:
+            bpf.cleanup()
+        self.objects = []
+
+
+def load_reference_programs() -> ReferencePrograms:
+    return ReferencePrograms()
 
 
 def describe_prog(kernel_name: str, owners: dict[str, str]) -> str:

@@ -108,7 +108,7 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
         for rep in range(1, reps + 1):
             for state in ARMS:
                 with arm(state, workdir, resolver, f"veth-{rep}", hooks) as mine:
-                    # this process's own (kernel_cost's references, if it ran first) are not others'
+                    # this process's own programs (the floor arm's) are not others'
                     others.append(bpf_programs_on_path(exclude=mine | prog_ids_of(os.getpid())))
                     tput = iperf3_bits_per_second(client, server_ip, seconds)
                     rr = sockperf_pingpong(client, server_ip, seconds)

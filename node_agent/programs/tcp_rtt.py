@@ -5,7 +5,8 @@ socket; the kernel builds no record) or, failing that, as a tracepoint: the
 same samples either way.
 """
 from node_agent.runtime.spec import (SOCK_ADDRESS_OFFSETS, Attach, KeyLayout, MapInfo, Metric, ProgramSpec,
-                                     Strategy, attach_modes, attach_option, max_entries_option)
+                                     Strategy, attach_modes, attach_option, max_entries_option,
+                                     sample_every_option)
 
 RTT_KEY = KeyLayout(size=40, slot_offset=32)
 
@@ -16,6 +17,7 @@ SPEC = ProgramSpec(
     options=(
         attach_option("tcp_probe (the same samples either way)"),
         max_entries_option(16384),
+        sample_every_option("received segment per CPU"),
     ),
     strategies=(
         Strategy("raw_tracepoint", (Attach("raw_tracepoint", "tcp:tcp_probe", "np_raw_tcp_rtt"),),

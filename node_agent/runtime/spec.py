@@ -205,3 +205,12 @@ SKB_NETWORK_HEADER_OFFSETS = {    # np_skb_network_header
     "OFF_SKB_HEAD": ("sk_buff", "head"),
     "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
 }
+
+
+def sample_every_option(what: str) -> Option:
+    """`sample_every: N` observes one event in N (1: every event) of a
+    distribution, where a subsample serves as well as the whole and the
+    skipped events cost almost nothing (docs/agent.md)."""
+    return Option("sample_every", int, 1,
+                  f"observe one {what} in N (1: all); the histogram's count is then of samples",
+                  min=1, max=65536, define="NP_SAMPLE_EVERY")

@@ -400,3 +400,27 @@ def test_without_count_segments_tcp_retransmit_runs_retransmits_only(lab, agent_
     lab.serve_tcp("b", port)
     assert lab.connect_many("a", lab.pods["b"].ip4, port, 3) == 3
     assert agent.scrape().all("netprobe_tcp_segments_sent_total") == []
+
+
+def test_sample_every_observes_about_one_rtt_sample_in_n(lab, agent, agent_factory, tmp_path):
+    """The module's agent (every segment) and one with tcp_rtt sample_every 4
+    watch the same connections: the sampled histogram counts about a quarter
+    (one event in 4 per CPU, whichever socket it is on), with sane values."""
+    every = 4
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    sampled = agent_factory({"tcp_rtt": {"sample_every": every}}, pods).start()
+    port = 7080
+    lab.serve_tcp("b", port)
+    labels = pod_labels("a", "b")
+    full_before, sampled_before = agent.scrape(), sampled.scrape()
+    assert lab.connect_many("a", lab.pods["b"].ip4, port, 20, payload=b"s" * 300_000) == 20
+    full_after, sampled_after = agent.scrape(), sampled.scrape()
+
+    def delta(after, before, name):
+        return after.value(name, **labels) - before.value(name, **labels)
+    full = delta(full_after, full_before, "netprobe_tcp_rtt_seconds_count")
+    got = delta(sampled_after, sampled_before, "netprobe_tcp_rtt_seconds_count")
+    assert full >= 100, "300 kB each way gives a segment stream to sample from"
+    assert 0.5 * full / every <= got <= 1.5 * full / every + 2, (full, got)
+    total = delta(sampled_after, sampled_before, "netprobe_tcp_rtt_seconds_sum")
+    assert 0 < total / got < 0.05

@@ -24,14 +24,14 @@
  * Two ways to hook net_dev_start_xmit, counting the same: as a raw
  * tracepoint (np_raw_segment_sent; the default: the kernel builds no record,
  * which costs more than the program on this path) or as a tracepoint
- * (np_tcp_segment_sent; the record brings the ethertype, network offset and
- * gso_segs). Retransmits are always the tcp:tcp_retransmit_skb tracepoint:
+ * (np_tcp_segment_sent; the record brings the ethertype and gso_segs). Retransmits are always the tcp:tcp_retransmit_skb tracepoint:
  * they are rare.
  *
  * Cost: this runs for every transmitted packet of the node, so the checks
  * go from cheap to dearer: one read of the sk_buff window holding skb_iif
  * (forwarded and bridged packets return there) and the ethertype (non-IP
- * packets return), then one read of the IP header, then one map operation.
+ * packets return), then one read of the IP header, then one map operation
+ * (and, on the raw path, one read of gso_segs).
  */
 #include "netprobe.h"
 
@@ -66,7 +66,7 @@ int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
 
 #ifdef NP_COUNT_SEGMENTS
 
-#if !defined(OFF_SKB_IIF) || !defined(OFF_SKB_DATA) || !defined(OFF_SKB_HEAD) || \
+#if !defined(OFF_SKB_IIF) || !defined(OFF_SKB_HEAD) || \
     !defined(OFF_SKB_NETWORK_HEADER) || !defined(OFF_SKB_END) || !defined(OFF_SKB_PROTOCOL) || \
     !defined(OFF_SHINFO_GSO_SEGS)
 #error "the agent passes sk_buff member offsets from BTF"
@@ -94,86 +94,72 @@ static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_seg
         np_map_error(ERR_SEGMENTS);
 }
 
-/* Tracepoint net:net_dev_start_xmit: ethertype, network offset and gso_segs
- * come with the record; skb_iif and data from one read of the sk_buff. */
-#define SEG_WIN_LO NP_MIN(OFF_SKB_IIF, OFF_SKB_DATA)
-#define SEG_WIN_HI NP_MAX(OFF_SKB_IIF + 4, OFF_SKB_DATA + 8)
+/* What both hooks read from the sk_buff, in one read of the window from the
+ * lowest of these members to the end of the highest. */
+struct tx_fields {
+    int input_ifindex;          /* skb_iif */
+    u16 protocol;               /* the ethertype, host order */
+    u16 network_header;         /* offset from head */
+    u32 end;                    /* sk_buff_data_t: an offset from head on 64-bit kernels */
+    const u8 *head;
+};
 
+#define TX_WIN_LO NP_MIN(OFF_SKB_IIF, NP_MIN(OFF_SKB_PROTOCOL, NP_MIN(OFF_SKB_NETWORK_HEADER, \
+                  NP_MIN(OFF_SKB_END, OFF_SKB_HEAD))))
+#define TX_WIN_HI NP_MAX(OFF_SKB_IIF + 4, NP_MAX(OFF_SKB_PROTOCOL + 2, NP_MAX(OFF_SKB_NETWORK_HEADER + 2, \
+                  NP_MAX(OFF_SKB_END + 4, OFF_SKB_HEAD + 8))))
+
+/* 1 if this is the first transmit of an IP packet this node made (skb_iif
+ * 0: not received before, so not forwarded, bridged or past a veth hop). */
+static __always_inline int tx_fields_of(const u8 *skb, struct tx_fields *f)
+{
+    u16 protocol_be = 0;
+#if TX_WIN_HI - TX_WIN_LO <= NP_WINDOW_MAX
+    u8 win[TX_WIN_HI - TX_WIN_LO];
+    if (bpf_probe_read_kernel(win, sizeof(win), skb + TX_WIN_LO))
+        return 0;
+    __builtin_memcpy(&f->input_ifindex, win + OFF_SKB_IIF - TX_WIN_LO, sizeof(f->input_ifindex));
+    __builtin_memcpy(&protocol_be, win + OFF_SKB_PROTOCOL - TX_WIN_LO, sizeof(protocol_be));
+    __builtin_memcpy(&f->network_header, win + OFF_SKB_NETWORK_HEADER - TX_WIN_LO, sizeof(f->network_header));
+    __builtin_memcpy(&f->end, win + OFF_SKB_END - TX_WIN_LO, sizeof(f->end));
+    __builtin_memcpy(&f->head, win + OFF_SKB_HEAD - TX_WIN_LO, sizeof(f->head));
+#else
+    bpf_probe_read_kernel(&f->input_ifindex, sizeof(f->input_ifindex), skb + OFF_SKB_IIF);
+    bpf_probe_read_kernel(&protocol_be, sizeof(protocol_be), skb + OFF_SKB_PROTOCOL);
+    bpf_probe_read_kernel(&f->network_header, sizeof(f->network_header), skb + OFF_SKB_NETWORK_HEADER);
+    bpf_probe_read_kernel(&f->end, sizeof(f->end), skb + OFF_SKB_END);
+    bpf_probe_read_kernel(&f->head, sizeof(f->head), skb + OFF_SKB_HEAD);
+#endif
+    f->protocol = __builtin_bswap16(protocol_be);
+    return f->input_ifindex == 0 && f->head &&
+           (f->protocol == NP_ETH_P_IP || f->protocol == NP_ETH_P_IPV6);
+}
+
+/* Tracepoint net:net_dev_start_xmit: the record's ethertype lets non-IP
+ * packets return before any read; gso_segs comes with the record. */
 int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
 {
     u16 protocol = args->protocol;
     if (protocol != NP_ETH_P_IP && protocol != NP_ETH_P_IPV6)
         return 0;
-
-    const u8 *skb = (const u8 *)args->skbaddr;
-    int input_ifindex = -1;
-    const u8 *data = 0;
-#if SEG_WIN_HI - SEG_WIN_LO <= NP_WINDOW_MAX
-    u8 win[SEG_WIN_HI - SEG_WIN_LO];
-    if (bpf_probe_read_kernel(win, sizeof(win), skb + SEG_WIN_LO))
-        return 0;
-    __builtin_memcpy(&input_ifindex, win + OFF_SKB_IIF - SEG_WIN_LO, sizeof(input_ifindex));
-    if (input_ifindex != 0)
-        return 0;               /* received before: forwarded, bridged, or past a veth hop */
-    __builtin_memcpy(&data, win + OFF_SKB_DATA - SEG_WIN_LO, sizeof(data));
-#else
-    bpf_probe_read_kernel(&input_ifindex, sizeof(input_ifindex), skb + OFF_SKB_IIF);
-    if (input_ifindex != 0)
-        return 0;
-    bpf_probe_read_kernel(&data, sizeof(data), skb + OFF_SKB_DATA);
-#endif
-    if (!data)
-        return 0;
+    struct tx_fields f = {};
     struct np_addr_pair key = {};
-    if (!segment_key(data + args->network_offset, &key))
+    if (!tx_fields_of((const u8 *)args->skbaddr, &f) || !segment_key(f.head + f.network_header, &key))
         return 0;
     count_segments(&key, args->gso_segs);
     return 0;
 }
 
-/* Raw tracepoint net_dev_start_xmit(skb, dev): no record is built; one read
- * of the sk_buff window from skb_iif to data gives the input interface, the
- * ethertype, and where the IP header and skb_shared_info (gso_segs) are. */
-#define RAW_WIN_LO NP_MIN(OFF_SKB_IIF, NP_MIN(OFF_SKB_PROTOCOL, NP_MIN(OFF_SKB_NETWORK_HEADER, \
-                   NP_MIN(OFF_SKB_END, OFF_SKB_HEAD))))
-#define RAW_WIN_HI NP_MAX(OFF_SKB_IIF + 4, NP_MAX(OFF_SKB_PROTOCOL + 2, NP_MAX(OFF_SKB_NETWORK_HEADER + 2, \
-                   NP_MAX(OFF_SKB_END + 4, OFF_SKB_HEAD + 8))))
-
+/* Raw tracepoint net_dev_start_xmit(skb, dev): no record is built; gso_segs
+ * is read from skb_shared_info, which sits at head + end. */
 int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
 {
-    const u8 *skb = (const u8 *)ctx->args[0];
-    int input_ifindex = -1;
-    u16 protocol_be = 0, network_header = 0;
-    u32 end = 0;                /* sk_buff_data_t: an offset from head on 64-bit kernels */
-    const u8 *head = 0;
-#if RAW_WIN_HI - RAW_WIN_LO <= NP_WINDOW_MAX
-    u8 win[RAW_WIN_HI - RAW_WIN_LO];
-    if (bpf_probe_read_kernel(win, sizeof(win), skb + RAW_WIN_LO))
-        return 0;
-    __builtin_memcpy(&input_ifindex, win + OFF_SKB_IIF - RAW_WIN_LO, sizeof(input_ifindex));
-    if (input_ifindex != 0)
-        return 0;               /* received before: forwarded, bridged, or past a veth hop */
-    __builtin_memcpy(&protocol_be, win + OFF_SKB_PROTOCOL - RAW_WIN_LO, sizeof(protocol_be));
-    __builtin_memcpy(&network_header, win + OFF_SKB_NETWORK_HEADER - RAW_WIN_LO, sizeof(network_header));
-    __builtin_memcpy(&end, win + OFF_SKB_END - RAW_WIN_LO, sizeof(end));
-    __builtin_memcpy(&head, win + OFF_SKB_HEAD - RAW_WIN_LO, sizeof(head));
-#else
-    bpf_probe_read_kernel(&input_ifindex, sizeof(input_ifindex), skb + OFF_SKB_IIF);
-    if (input_ifindex != 0)
-        return 0;
-    bpf_probe_read_kernel(&protocol_be, sizeof(protocol_be), skb + OFF_SKB_PROTOCOL);
-    bpf_probe_read_kernel(&network_header, sizeof(network_header), skb + OFF_SKB_NETWORK_HEADER);
-    bpf_probe_read_kernel(&end, sizeof(end), skb + OFF_SKB_END);
-    bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SKB_HEAD);
-#endif
-    u16 protocol = __builtin_bswap16(protocol_be);
-    if ((protocol != NP_ETH_P_IP && protocol != NP_ETH_P_IPV6) || !head)
-        return 0;
+    struct tx_fields f = {};
     struct np_addr_pair key = {};
-    if (!segment_key(head + network_header, &key))
+    if (!tx_fields_of((const u8 *)ctx->args[0], &f) || !segment_key(f.head + f.network_header, &key))
         return 0;
-    u16 gso_segs = 0;           /* skb_shinfo(skb)->gso_segs: skb_shared_info sits at head + end */
-    bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs), head + end + OFF_SHINFO_GSO_SEGS);
+    u16 gso_segs = 0;
+    bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs), f.head + f.end + OFF_SHINFO_GSO_SEGS);
     count_segments(&key, gso_segs);
     return 0;
 }

@@ -58,7 +58,6 @@ SPEC = ProgramSpec(
     map_error_slots={0: "retransmits", 1: "segments_sent"},
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),
-        "OFF_SKB_DATA": ("sk_buff", "data"),
         **SKB_NETWORK_HEADER_OFFSETS,
         "OFF_SKB_END": ("sk_buff", "end"),
         "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),

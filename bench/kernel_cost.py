@@ -151,9 +151,6 @@ class ReferencePrograms:
         self.objects = []
 
 
-def load_reference_programs() -> ReferencePrograms:
-    return ReferencePrograms()
-
 
 def describe_prog(kernel_name: str, owners: dict[str, str]) -> str:
     """What a loaded program is, from its possibly truncated kernel name."""
@@ -179,7 +176,7 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
             ids = prog_ids_of(agent.pid)
             if not ids:
                 raise RuntimeError("the agent holds no BPF program file descriptors")
-            references = load_reference_programs()
+            references = ReferencePrograms()
             try:
                 reference_ids = prog_ids_of(os.getpid())
                 ids |= reference_ids

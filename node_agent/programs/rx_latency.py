@@ -5,8 +5,8 @@ kernels without kprobes net:netif_receive_skb -> skb:skb_copy_datagram_iovec,
 hooked as raw tracepoints (no record built: cheaper) or, failing that, as
 tracepoints.
 """
-from node_agent.runtime.spec import (SKB_NETWORK_HEADER_OFFSETS, Attach, KeyLayout, MapInfo, Metric, Option, ProgramSpec, Strategy,
-                                     max_entries_option)
+from node_agent.runtime.spec import (SKB_NETWORK_HEADER_OFFSETS, Attach, KeyLayout, MapInfo, Metric, Option,
+                                     ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
 
 LATENCY_KEY = KeyLayout(size=40, slot_offset=32)
 
@@ -28,9 +28,11 @@ TRACEPOINT = Strategy("tracepoint", (
 ), defines=("NP_ATTACH_TRACEPOINT",))
 
 
+MODES = ("kprobe", "raw_tracepoint", "tracepoint")
+
+
 def _strategies(options: dict) -> tuple[str, ...]:
-    mode = options["attach"]
-    return ("kprobe", "raw_tracepoint", "tracepoint") if mode == "auto" else (mode,)
+    return attach_modes(options, MODES)
 
 
 SPEC = ProgramSpec(
@@ -38,9 +40,7 @@ SPEC = ProgramSpec(
     source="rx_latency.c",
     summary="time a received packet spends in the kernel stack (span depends on the attach mode)",
     options=(
-        Option("attach", str, "auto",
-               "auto (kprobe, else raw_tracepoint, else tracepoint) | kprobe | raw_tracepoint | tracepoint",
-               choices=("auto", "kprobe", "raw_tracepoint", "tracepoint")),
+        attach_option("the receive path (kprobe and the tracepoints measure different spans)", MODES),
         max_entries_option(16384),
         Option("inflight_entries", int, 65536,
                "slots of the direct-mapped start-time table (16 bytes each); more slots, fewer "

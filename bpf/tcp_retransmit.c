@@ -1,9 +1,23 @@
 /* tcp_retransmit: retransmitted TCP segments and TCP segments sent, by local
  * socket address and peer; their ratio is the retransmit rate.
  *
- * Retransmits: tracepoint tcp:tcp_retransmit_skb, fired by the sender for
- * every retransmitted segment (timeout, fast retransmit, loss probe repair).
- * saddr is the retransmitting socket's own address.
+ * Retransmits, counted in segments like the kernel's Tcp RetransSegs (the
+ * unit of the ratio's denominator):
+ *  - tracepoint tcp:tcp_retransmit_skb fires once per retransmission of a
+ *    socket's skb (timeout, fast retransmit, loss probe repair, SYN). With
+ *    TSO/GSO one skb carries several segments: __tcp_retransmit_skb adds
+ *    tcp_skb_pcount(skb), i.e. TCP_SKB_CB(skb)->tcp_gso_segs of the very skb
+ *    the tracepoint gets, to RetransSegs, and so do we (read from skb->cb at
+ *    BTF offsets). Where the record has an err member (6.18 has) the
+ *    tracepoint also fires for attempts that failed before anything was
+ *    counted (err != 0: -EBUSY, -ENOMEM, -EAGAIN, ...); only err == 0 is
+ *    counted. Older kernels fire it on success only. The kernel also counts an attempt whose transmit failed
+ *    after the count (again in TCPRetransFail): not here.
+ *  - tracepoint tcp:tcp_retransmit_synack: a SYN-ACK retransmitted for a
+ *    request socket (RetransSegs + 1; fired only when it was sent).
+ *  saddr is the retransmitting socket's own address. retransmit_events
+ *  counts the retransmissions themselves (one per skb or SYN-ACK, what
+ *  tcpretrans shows), beside the segments.
  *
  * Segments sent (compiled with -DNP_COUNT_SEGMENTS): tracepoint
  * net:net_dev_start_xmit, which fires each time a device is handed a packet,
@@ -16,16 +30,17 @@
  * sk on their first transmit either.) Counted: IPv4/IPv6 packets whose
  * transport protocol is TCP, max(gso_segs, 1) segments each (a TSO/GSO skb
  * carries gso_segs wire segments; a pure ACK or a SYN-ACK may have gso_segs
- * 0). That is the kernel's Tcp OutSegs: data, pure ACKs, SYN/FIN/RST,
- * retransmissions included. The addresses come from the IP header (local =
- * source, peer = destination), with sk_buff members at offsets read from the
- * running kernel's BTF (OFF_SKB_*), never from the compile headers.
+ * 0). Data, pure ACKs, SYN/FIN/RST and retransmissions: the kernel's
+ * Tcp OutSegs + RetransSegs (OutSegs leaves retransmissions out). The
+ * addresses come from the IP header (local = source, peer = destination),
+ * with sk_buff members at offsets read from the running kernel's BTF
+ * (OFF_SKB_*), never from the compile headers.
  *
  * Two ways to hook net_dev_start_xmit, counting the same: as a raw
  * tracepoint (np_raw_segment_sent; the default: the kernel builds no record,
  * which costs more than the program on this path) or as a tracepoint
- * (np_tcp_segment_sent; the record brings the ethertype and gso_segs). Retransmits are always the tcp:tcp_retransmit_skb tracepoint:
- * they are rare.
+ * (np_tcp_segment_sent; the record brings the ethertype and gso_segs).
+ * Retransmits are always tracepoints: they are rare.
  *
  * Cost: this runs for every transmitted packet of the node, so the checks
  * go from cheap to dearer: one read of the sk_buff window holding skb_iif
@@ -35,15 +50,67 @@
  */
 #include "netprobe.h"
 
+#if !defined(OFF_SKB_CB) || !defined(OFF_TCP_SKB_CB_GSO_SEGS) || \
+    !defined(OFF_TP_RETRANSMIT_DADDR_V6) || !defined(OFF_TP_RETRANSMIT_END)
+#error "the agent passes sk_buff, tcp_skb_cb and tracepoint record offsets from BTF"
+#endif
+
+/* The record has an err member (newer kernels) if it goes on after daddr_v6:
+ * __data, the record's end in BTF, tells without naming err, which would not
+ * compile where the record lacks it. */
+#define NP_RETRANSMIT_HAS_ERR (OFF_TP_RETRANSMIT_END >= OFF_TP_RETRANSMIT_DADDR_V6 + 16 + 4)
+
 #define ERR_RETRANSMITS 0
 #define ERR_SEGMENTS 1
+#define ERR_EVENTS 2
 
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmits, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmit_events, NP_MAX_ENTRIES);
 /* Declared in both attach modes (the collector reads it); empty unless
  * NP_COUNT_SEGMENTS attached the counter. */
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, segments_sent, NP_MAX_ENTRIES);
 
+/* One retransmission of `segments` segments. */
+static __always_inline void count_retransmission(struct np_addr_pair *key, u64 segments)
+{
+    u64 zero = 0, *count = retransmits.lookup_or_try_init(key, &zero);
+    if (count)
+        *count += segments;
+    else
+        np_map_error(ERR_RETRANSMITS);
+    u64 *events = retransmit_events.lookup_or_try_init(key, &zero);
+    if (events)
+        (*events)++;
+    else
+        np_map_error(ERR_EVENTS);
+}
+
 int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
+{
+    struct np_addr_pair key = {};
+
+#if NP_RETRANSMIT_HAS_ERR
+    if (args->err)
+        return 0;               /* not retransmitted, not in RetransSegs */
+#endif
+    if (args->family == NP_AF_INET) {
+        np_addr_from_v4(key.local, args->saddr);
+        np_addr_from_v4(key.remote, args->daddr);
+    } else if (args->family == NP_AF_INET6) {
+        __builtin_memcpy(key.local, args->saddr_v6, 16);
+        __builtin_memcpy(key.remote, args->daddr_v6, 16);
+    } else {
+        return 0;
+    }
+    /* tcp_skb_pcount(skb): what the kernel adds to RetransSegs */
+    u16 segments = 0;
+    bpf_probe_read_kernel(&segments, sizeof(segments),
+                          (const u8 *)args->skbaddr + OFF_SKB_CB + OFF_TCP_SKB_CB_GSO_SEGS);
+    count_retransmission(&key, segments);
+    return 0;
+}
+
+int np_tcp_retransmit_synack(struct tracepoint__tcp__tcp_retransmit_synack *args)
 {
     struct np_addr_pair key = {};
 
@@ -56,11 +123,7 @@ int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
     } else {
         return 0;
     }
-    u64 zero = 0, *count = retransmits.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
-        np_map_error(ERR_RETRANSMITS);
+    count_retransmission(&key, 1);
     return 0;
 }
 

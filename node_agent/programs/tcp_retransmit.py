@@ -1,7 +1,7 @@
 """tcp_retransmit: retransmitted and sent TCP segments by pod and peer (bpf/tcp_retransmit.c).
 
 rate(netprobe_tcp_retransmits_total) / rate(netprobe_tcp_segments_sent_total)
-is the retransmit ratio. Counting segments sent needs net:net_dev_start_xmit
+is the retransmit ratio, both in segments. Counting segments sent needs net:net_dev_start_xmit
 (attach mode `raw_tracepoint`, else `tracepoint`); without it (or with
 count_segments: false) the program runs with retransmits only, as attach mode
 `retransmits_only`.
@@ -9,21 +9,22 @@ count_segments: false) the program runs with retransmits only, as attach mode
 from node_agent.runtime.spec import (PAIR_KEY, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
                                      ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
 
-RETRANSMITS = Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit")
+RETRANSMITS = (Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit"),
+               Attach("tracepoint", "tcp:tcp_retransmit_synack", "np_tcp_retransmit_synack"))
 
 # Segments sent hook every transmitted packet: as a raw tracepoint by default
 # (no record built), as a tracepoint where raw tracepoints are refused.
 SEGMENTS_RAW = Strategy("raw_tracepoint", (
-    RETRANSMITS,
+    *RETRANSMITS,
     Attach("raw_tracepoint", "net:net_dev_start_xmit", "np_raw_segment_sent"),
 ), defines=("NP_COUNT_SEGMENTS",))
 
 SEGMENTS_TRACEPOINT = Strategy("tracepoint", (
-    RETRANSMITS,
+    *RETRANSMITS,
     Attach("tracepoint", "net:net_dev_start_xmit", "np_tcp_segment_sent"),
 ), defines=("NP_COUNT_SEGMENTS",))
 
-RETRANSMITS_ONLY = Strategy("retransmits_only", (RETRANSMITS,))
+RETRANSMITS_ONLY = Strategy("retransmits_only", RETRANSMITS)
 
 
 def _strategies(options: dict) -> tuple[str, ...]:
@@ -47,20 +48,31 @@ SPEC = ProgramSpec(
     choose_strategies=_strategies,
     metrics=(
         Metric("netprobe_tcp_retransmits_total", "counter",
-               "TCP segments retransmitted by sockets of this pod, by peer.",
+               "TCP segments retransmitted by sockets of this pod, by peer (a TSO/GSO retransmission "
+               "counts its segments, like the kernel's Tcp RetransSegs); the numerator of the "
+               "retransmit ratio.",
                map="retransmits", key=PAIR_KEY),
+        Metric("netprobe_tcp_retransmit_events_total", "counter",
+               "Retransmissions by sockets of this pod, by peer: one per retransmitted packet "
+               "however many segments it carries (what tcpretrans shows).",
+               map="retransmit_events", key=PAIR_KEY),
         Metric("netprobe_tcp_segments_sent_total", "counter",
                "TCP segments sent by this pod, by peer, retransmissions and pure ACKs included "
-               "(like the kernel's Tcp OutSegs); the denominator of the retransmit ratio.",
+               "(the kernel's Tcp OutSegs + RetransSegs); the denominator of the retransmit ratio.",
                map="segments_sent", key=PAIR_KEY),
     ),
-    maps=(MapInfo("retransmits"), MapInfo("segments_sent")),
-    map_error_slots={0: "retransmits", 1: "segments_sent"},
+    maps=(MapInfo("retransmits"), MapInfo("retransmit_events"), MapInfo("segments_sent")),
+    map_error_slots={0: "retransmits", 1: "segments_sent", 2: "retransmit_events"},
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),
         **SKB_NETWORK_HEADER_OFFSETS,
         "OFF_SKB_END": ("sk_buff", "end"),
         "OFF_SKB_PROTOCOL": ("sk_buff", "protocol"),
         "OFF_SHINFO_GSO_SEGS": ("skb_shared_info", "gso_segs"),
+        # retransmits: tcp_skb_pcount(skb), and whether the record has err
+        "OFF_SKB_CB": ("sk_buff", "cb"),
+        "OFF_TCP_SKB_CB_GSO_SEGS": ("tcp_skb_cb", "tcp_gso_segs"),
+        "OFF_TP_RETRANSMIT_DADDR_V6": ("trace_event_raw_tcp_retransmit_skb", "daddr_v6"),
+        "OFF_TP_RETRANSMIT_END": ("trace_event_raw_tcp_retransmit_skb", "__data"),
     },
 )

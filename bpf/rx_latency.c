@@ -17,10 +17,20 @@
  *
  * The start time is kept per skb address in a direct-mapped table
  * (inflight; packets never delivered, e.g. forwarded or dropped, are simply
- * overwritten by later ones). The addresses
- * come from the packet's IP header, found through sk_buff->head and
- * ->network_header at offsets read from the running kernel's BTF
- * (OFF_SKB_HEAD, OFF_SKB_NETWORK_HEADER), never from the compile headers.
+ * overwritten by later ones). The kernel reuses skb addresses, and a start
+ * left by a packet that was never read (a pure ACK) can meet a later skb at
+ * the same address that was never started: the clone of a packet that a
+ * capture (an AF_PACKET socket, tcpdump) reads, in either direction. So a
+ * slot also holds the packet's identity: a hash of its IP header and the
+ * first bytes of its TCP/UDP header (IPv4 id and checksum; IPv6 payload
+ * length, ports, TCP sequence and acknowledgement numbers and timestamps),
+ * which nothing on the way from the device to the reader changes, and an end
+ * counts only if its packet hashes the same; otherwise it is an unmatched
+ * end. At the start the IP header is at skb->data (the device's header is
+ * pulled, and network_header is not set yet on every path), at the end at
+ * head + network_header. The addresses come from the packet's IP header,
+ * with sk_buff members at offsets read from the running kernel's BTF
+ * (OFF_SKB_*), never from the compile headers.
  * An end whose start is older than NP_MAX_AGE_NS is not a measurement of
  * this packet (the skb address was reused) and is counted as stale instead.
  */
@@ -29,12 +39,14 @@
 #include <uapi/linux/ptrace.h>
 #endif
 
-#if !defined(OFF_SKB_HEAD) || !defined(OFF_SKB_NETWORK_HEADER)
+#if !defined(OFF_SKB_HEAD) || !defined(OFF_SKB_NETWORK_HEADER) || !defined(OFF_SKB_DATA)
 #error "the agent passes sk_buff member offsets from BTF"
 #endif
 
+#define NP_IPPROTO_UDP 17
+
 #define ERR_LATENCY 0
-#define ERR_UNMATCHED 1         /* discarded ends: no start for this packet */
+#define ERR_UNMATCHED 1         /* discarded ends: no start for this packet (address or identity) */
 #define ERR_STALE 2             /* discarded ends: start too old, skb address reused */
 
 struct latency_key {
@@ -48,9 +60,11 @@ struct latency_key {
  * eviction work (an LRU hash cost ~3x more per packet here, because most
  * received packets are never read and keep it full). A packet whose slot is
  * taken by another before it is read loses its sample; an end that finds no
- * matching start is counted (np_map_errors[ERR_UNMATCHED]). */
+ * matching start (another address, or the same address with another
+ * packet's identity) is counted (np_map_errors[ERR_UNMATCHED]). */
 struct inflight_slot {
     u64 skb;
+    u64 packet;                 /* rx_identity() of the packet started */
     u64 started_ns;
 };
 
@@ -63,15 +77,94 @@ static __always_inline u32 inflight_index(u64 skb)
 
 BPF_TABLE("lru_percpu_hash", struct latency_key, struct np_hist_value, latency_ns, NP_MAX_ENTRIES);
 
+/* The first bytes of a packet from its IP header: enough for an IPv6
+ * header with a TCP header carrying timestamps (40 + 32). Fewer are read
+ * when the buffer ends sooner; only bytes inside the packet are used. */
+#define RX_HDR_WORDS 18
+
+static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS])
+{
+    if (!ip)
+        return 0;
+    if (bpf_probe_read_kernel(hdr, RX_HDR_WORDS * 4, ip) == 0)
+        return RX_HDR_WORDS * 4;
+    if (bpf_probe_read_kernel(hdr, 40, ip) == 0)
+        return 40;
+    if (bpf_probe_read_kernel(hdr, 20, ip) == 0)
+        return 20;
+    return 0;
+}
+
+static __always_inline u64 rx_mix(u64 h, u32 word)
+{
+    return (h ^ word) * 0x9E3779B97F4A7C15ULL;
+}
+
+/* Identity of the packet whose headers are in hdr (`got` bytes read): words
+ * that differ between two packets of a flow and that nothing changes between
+ * the device and the reader. 0 if not IPv4/IPv6. Words beyond the headers the
+ * packet has (a UDP payload, absent TCP options) are never used: they may
+ * lie past the packet's end, where the bytes are not the packet's. */
+static __always_inline u64 rx_identity(const u32 hdr[RX_HDR_WORDS], int got)
+{
+    const u8 *bytes = (const u8 *)hdr;
+    u8 version = bytes[0] >> 4;
+    u64 h = 0xcbf29ce484222325ULL;
+
+    if (version == 4 && got >= 20) {
+        /* the whole base header: length, id, flags, protocol, checksum (which
+         * covers the rest), addresses */
+        h = rx_mix(h, hdr[0]); h = rx_mix(h, hdr[1]); h = rx_mix(h, hdr[2]);
+        h = rx_mix(h, hdr[3]); h = rx_mix(h, hdr[4]);
+        /* TCP without IP options: sequence and acknowledgement numbers */
+        if ((bytes[0] & 0xf) == 5 && ((volatile u8 *)bytes)[9] == NP_IPPROTO_TCP && got >= 32) {
+            h = rx_mix(h, hdr[6]);
+            h = rx_mix(h, hdr[7]);
+        }
+        return h | 1;
+    }
+    if (version == 6 && got >= 40) {
+        u8 next = ((volatile u8 *)bytes)[6];
+        h = rx_mix(h, hdr[0]); h = rx_mix(h, hdr[1]);     /* flow label, payload length */
+        for (int i = 2; i < 10; i++)                       /* addresses */
+            h = rx_mix(h, hdr[i]);
+        if (next == NP_IPPROTO_TCP && got >= 60) {
+            h = rx_mix(h, hdr[10]);                        /* ports */
+            h = rx_mix(h, hdr[11]);                        /* sequence number */
+            h = rx_mix(h, hdr[12]);                        /* acknowledgement number */
+            /* TCP options (data offset >= 8 words): where timestamps sit */
+            if ((bytes[52] >> 4) >= 8 && got >= 72) {
+                h = rx_mix(h, hdr[15]);
+                h = rx_mix(h, hdr[16]);
+                h = rx_mix(h, hdr[17]);
+            }
+        } else if (next == NP_IPPROTO_UDP && got >= 48) {
+            h = rx_mix(h, hdr[10]);                        /* ports */
+            h = rx_mix(h, hdr[11]);                        /* length, checksum */
+        }
+        return h | 1;
+    }
+    return 0;
+}
+
 static __always_inline void rx_start(u64 skb)
 {
     u32 index = inflight_index(skb);
     struct inflight_slot *slot = inflight.lookup(&index);
     if (!slot)
         return;
-    /* time first, then the owner: a reader that sees the owner sees its time
-     * (stores are not reordered on x86; elsewhere a rare sample may be off) */
+    /* The IP header is at skb->data here: the device's header was pulled. */
+    const u8 *data = 0;
+    u32 hdr[RX_HDR_WORDS];
+    bpf_probe_read_kernel(&data, sizeof(data), (const u8 *)skb + OFF_SKB_DATA);
+    u64 packet = rx_identity(hdr, rx_read_header(data, hdr));
+    if (!packet)
+        return;                         /* not IP: never a sample */
+    /* time and identity first, then the owner: a reader that sees the owner
+     * sees them (stores are not reordered on x86; elsewhere a rare sample
+     * may be off) */
     slot->started_ns = bpf_ktime_get_ns();
+    slot->packet = packet;
     slot->skb = skb;
 }
 
@@ -85,16 +178,29 @@ static __always_inline void rx_end(u64 skb)
         np_map_error(ERR_UNMATCHED);    /* start displaced, or never seen */
         return;
     }
-    u64 delta = bpf_ktime_get_ns() - slot->started_ns;
+    u64 now = bpf_ktime_get_ns(), started = slot->started_ns, packet = slot->packet;
+    u32 hdr[RX_HDR_WORDS];
+    int got = rx_read_header(np_skb_network_header((const u8 *)skb), hdr);
+    if (rx_identity(hdr, got) != packet) {
+        np_map_error(ERR_UNMATCHED);    /* another packet at this address: a clone, a reused skb */
+        return;
+    }
     slot->skb = 0;                      /* one sample per packet: later reads of it don't count */
+    u64 delta = now - started;
     if (delta > NP_MAX_AGE_NS) {
         np_map_error(ERR_STALE);
         return;
     }
-    struct latency_key key = {};        /* local = the packet's destination, remote = its source */
-    u8 protocol;
-    if (!np_ip_addresses(np_skb_network_header((const u8 *)skb), key.pair.remote, key.pair.local, &protocol))
-        return;
+    /* local = the packet's destination, remote = its source */
+    struct latency_key key = {};
+    const u8 *bytes = (const u8 *)hdr;
+    if ((bytes[0] >> 4) == 4) {
+        np_addr_from_v4_words(key.pair.remote, hdr + 3);    /* bytes 12..16 */
+        np_addr_from_v4_words(key.pair.local, hdr + 4);     /* bytes 16..20 */
+    } else {                                                /* 6: rx_identity knew it */
+        np_addr_copy_words(key.pair.remote, hdr + 2);       /* bytes 8..24 */
+        np_addr_copy_words(key.pair.local, hdr + 6);        /* bytes 24..40 */
+    }
     struct np_hist_value zero = {}, *bucket;
     key.slot = np_log2_slot(delta);
     bucket = latency_ns.lookup_or_try_init(&key, &zero);

@@ -43,7 +43,7 @@ SPEC = ProgramSpec(
         attach_option("the receive path (kprobe and the tracepoints measure different spans)", MODES),
         max_entries_option(16384),
         Option("inflight_entries", int, 65536,
-               "slots of the direct-mapped start-time table (16 bytes each); more slots, fewer "
+               "slots of the direct-mapped start-time table (24 bytes each); more slots, fewer "
                "samples lost to another packet taking the slot before the first is read",
                min=1024, max=1 << 22, define="NP_INFLIGHT_ENTRIES"),
         Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
@@ -60,5 +60,6 @@ SPEC = ProgramSpec(
     maps=(MapInfo("latency_ns"),),
     map_error_slots={0: "latency_ns"},
     discard_slots={1: "unmatched", 2: "stale"},
-    btf_offsets=SKB_NETWORK_HEADER_OFFSETS,
+    # the IP header at the start (skb->data) and at the end (head + network_header)
+    btf_offsets={**SKB_NETWORK_HEADER_OFFSETS, "OFF_SKB_DATA": ("sk_buff", "data")},
 )

@@ -225,18 +225,62 @@ def test_rtt_histogram_has_positive_sane_sums(lab, agent, family):
     assert inf == after.value("netprobe_tcp_rtt_seconds_count", **labels)
 
 
+# A packet capture as tcpdump makes one: an AF_PACKET socket on the pod's
+# interface reading every packet in and out (each read is a copy of the
+# packet's clone to a reader: skb:skb_copy_datagram_iovec, rx_latency's end).
+_CAPTURE = r"""
+import signal, socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))   # ETH_P_ALL
+s.bind((sys.argv[1], 0))
+s.settimeout(0.2)
+stop, n = [], 0
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+print("ready", flush=True)
+while not stop:
+    try:
+        s.recv(65536)
+        n += 1
+    except socket.timeout:
+        pass
+print(n, flush=True)
+"""
+
+
+def start_capture(lab, pod: str) -> subprocess.Popen:
+    proc = lab.pods[pod].popen([sys.executable, "-c", _CAPTURE, "eth0"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop_capture(proc: subprocess.Popen) -> int:
+    """Packets the capture read."""
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    return int(out.strip())
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, family):
+@pytest.mark.parametrize("capture", [False, True], ids=["quiet", "captured"])
+def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, family, capture):
     """Each connection carries one 64-byte request to b and one echo back to a:
     one data packet delivered to a reader on each side, so the histograms of
-    both pods rise by n (packets without payload are never read)."""
+    both pods rise by n (packets without payload are never read).
+    With a packet capture reading every packet on both pods' interfaces
+    (clones of the same packets, at sk_buff addresses that earlier packets
+    had), still exactly n: a clone's read never pairs with another packet's
+    start."""
     n = 20
-    port = 7050 + FAMILIES.index(family)
+    port = 7050 + FAMILIES.index(family) + 2 * capture
     lab.serve_tcp("b", port)
     server, client = pod_labels("b", "a"), pod_labels("a", "b")
-    before = agent.scrape()
-    assert lab.connect_many("a", ip(lab, "b", family), port, n) == n
-    after = agent.scrape()
+    captures = [start_capture(lab, p) for p in "ab"] if capture else []
+    try:
+        before = agent.scrape()
+        assert lab.connect_many("a", ip(lab, "b", family), port, n) == n
+        after = agent.scrape()
+    finally:
+        read = [stop_capture(c) for c in captures]
+    assert all(r >= 6 * n for r in read), read      # SYN, SYN-ACK, ACK, data, ... on each side
     for labels in (server, client):
         count = after.value("netprobe_rx_latency_seconds_count", **labels) - \
             before.value("netprobe_rx_latency_seconds_count", **labels)
@@ -246,7 +290,9 @@ def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, famil
         # loss is never silent, it is counted as an unmatched end.
         unmatched = after.value("netprobe_program_discarded_events_total", reason="unmatched") - \
             before.value("netprobe_program_discarded_events_total", reason="unmatched")
-        assert n - unmatched <= count <= n, labels
+        assert n - unmatched <= count <= n, (labels, count)
+        if capture:
+            assert count == n, (labels, count)
         assert 0 < total / count < 1.0
         inf = after.value("netprobe_rx_latency_seconds_bucket", le="+Inf", **labels)
         assert inf == after.value("netprobe_rx_latency_seconds_count", **labels)

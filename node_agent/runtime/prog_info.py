@@ -4,8 +4,11 @@ Only `recursion_misses` is read: the runs the kernel skipped. A program on a
 plain tracepoint (a perf-event program) is not run while another tracing BPF
 program is running on the same CPU — a packet sent from a softirq that
 interrupted one, for instance — and the event is lost to it; the kernel counts
-each such skip. Programs on raw tracepoints are only skipped when they would
-recurse into themselves. The counter needs no statistics switched on (unlike
+each such skip. A program on a raw tracepoint is skipped when the same
+program is already running on that CPU: an interrupt arrived while it ran
+with softirqs enabled (process context) and the softirqs run on the
+interrupt's way out hit the same hook (tcp_probe, inet_sock_set_state do).
+The counter needs no statistics switched on (unlike
 run_time_ns/run_cnt). Its offset in struct bpf_prog_info comes from the
 running kernel's BTF, so no copy of the UAPI layout lives here.
 """

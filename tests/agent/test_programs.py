@@ -84,6 +84,22 @@ def ip(lab, pod, family):
     return getattr(lab.pods[pod], family)
 
 
+def missed_runs(before, after, *hooks: str) -> float:
+    """Runs the kernel skipped between two scrapes on these hooks (any
+    program): their events are not counted (docs/agent.md, "Skipped runs")."""
+    return sum(after.value("netprobe_program_missed_runs_total", hook=h) -
+               before.value("netprobe_program_missed_runs_total", hook=h) for h in hooks)
+
+
+def assert_counted(got: dict, want: dict, missed: float):
+    """Exactly `want`, unless the kernel skipped runs: then each count may be
+    off by at most the skipped number, never more."""
+    if missed == 0:
+        assert got == want
+    else:
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) <= missed for k in want), (got, want, missed)
+
+
 def test_every_program_loads_and_rx_latency_falls_back_from_kprobes(agent, attach_mode):
     s = agent.scrape()
     attach = {x.labels["program"]: x.labels["attach"] for x in s.all("netprobe_program_info")}
@@ -108,15 +124,18 @@ def test_connections_are_counted_exactly_by_pod_direction_and_peer(lab, agent, f
 
     def closed_both():
         s = agent.scrape()
+        missed = missed_runs(before, s, "sock:inet_sock_set_state")
         return s if all(s.value("netprobe_tcp_connections_closed_total", **l) - start[
-            ("netprobe_tcp_connections_closed_total", side)] >= n for side, l in (("a", out_ab), ("b", in_ba))) else None
+            ("netprobe_tcp_connections_closed_total", side)] >= n - missed
+            for side, l in (("a", out_ab), ("b", in_ba))) else None
     after = wait_until(closed_both, timeout=30, what="both sides closed")
+    missed = missed_runs(before, after, "sock:inet_sock_set_state")
     for side, labels in (("a", out_ab), ("b", in_ba)):
         delta = {m: after.value(m, **labels) - start[(m, side)] for m in names}
-        assert delta == {"netprobe_tcp_connections_opened_total": n,
-                         "netprobe_tcp_connections_closed_total": n,
-                         "netprobe_tcp_connections_active": 0,
-                         "netprobe_tcp_connection_duration_seconds_count": n}, side
+        assert_counted(delta, {"netprobe_tcp_connections_opened_total": n,
+                               "netprobe_tcp_connections_closed_total": n,
+                               "netprobe_tcp_connections_active": 0,
+                               "netprobe_tcp_connection_duration_seconds_count": n}, missed)
     # The other directions saw nothing of it.
     assert after.value("netprobe_tcp_connections_opened_total", **dict(pod_labels("a", "b"), direction="inbound")) == \
         before.value("netprobe_tcp_connections_opened_total", **dict(pod_labels("a", "b"), direction="inbound"))
@@ -158,11 +177,14 @@ def test_active_counts_open_connections_and_duration_measures_them(lab, agent):
 def assert_resets_counted(agent, before, sent: dict, received: dict, m: int):
     """Exactly m resets sent on one side and m received on the other (the
     receiving side may see them a moment later); returns the scrape."""
+    hooks = ("tcp:tcp_send_reset", "tcp:tcp_receive_reset")
+
     def delta(scrape, labels):
         return scrape.value("netprobe_tcp_resets_total", **labels) - before.value("netprobe_tcp_resets_total", **labels)
-    after = wait_until(lambda: (lambda s: s if delta(s, received) >= m else None)(agent.scrape()),
-                       timeout=10, what="resets counted")
-    assert (delta(after, sent), delta(after, received)) == (m, m)
+    after = wait_until(lambda: (lambda s: s if delta(s, received) >= m - missed_runs(before, s, *hooks) else None)(
+        agent.scrape()), timeout=10, what="resets counted")
+    assert_counted({"sent": delta(after, sent), "received": delta(after, received)}, {"sent": m, "received": m},
+                   missed_runs(before, after, *hooks))
     return after
 
 
@@ -203,10 +225,9 @@ def test_an_aborted_connection_counts_a_reset_sent_by_its_socket_and_received_by
     before = agent.scrape()
     assert int(lab.pods["a"].run([sys.executable, "-c", _ABORT, ip(lab, "b", family), port, m]).stdout) == m
     after = assert_resets_counted(agent, before, sent, received, m)
-    assert after.value("netprobe_tcp_connections_opened_total", **opened) - \
-        before.value("netprobe_tcp_connections_opened_total", **opened) == m
-    assert after.value("netprobe_tcp_connections_closed_total", **opened) - \
-        before.value("netprobe_tcp_connections_closed_total", **opened) == m
+    assert_counted({k: after.value(f"netprobe_tcp_connections_{k}_total", **opened) -
+                    before.value(f"netprobe_tcp_connections_{k}_total", **opened) for k in ("opened", "closed")},
+                   {"opened": m, "closed": m}, missed_runs(before, after, "sock:inet_sock_set_state"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -348,7 +369,8 @@ def test_segments_sent_equal_the_kernels_out_segments_once_per_segment_not_per_h
     must not disturb the clean pair c of the retransmit test.)
     On a plain tracepoint the kernel skips the program while another tracing
     program runs on the CPU (here: a packet sent from a softirq that
-    interrupted one); it counts each skip, and only that many may be missing."""
+    interrupted one); it counts each skip, and only the segments of that
+    many packets may be missing, on either path."""
     payload = 200_000
     port = 7045 + FAMILIES.index(family)
     lab.serve_tcp("b", port)
@@ -372,13 +394,13 @@ def test_segments_sent_equal_the_kernels_out_segments_once_per_segment_not_per_h
         return kernel, counted, missed, scrape
     deadline = time.monotonic() + 5
     kernel, counted, missed, after = both_counts()
-    while counted + missed < kernel and time.monotonic() < deadline:
+    while counted + 64 * missed < kernel and time.monotonic() < deadline:
         time.sleep(0.2)
         kernel, counted, missed, after = both_counts()
     assert after.all("netprobe_program_missed_runs_total", **hook), "the kernel's skip count is exported"
-    assert kernel - missed <= counted <= kernel
-    if attach_mode == "auto":        # raw tracepoints: never skipped for another program
-        assert missed == 0 and counted == kernel
+    assert kernel - 64 * missed <= counted <= kernel     # a skipped packet: up to 64 segments (64 KB GSO)
+    if missed == 0:      # the raw path skips nothing here in practice (softirqs are off while transmitting)
+        assert counted == kernel
     assert counted >= data_segments + 2          # + SYN and the ACK of the echo
     # All of it to b: labelled with the destination as peer.
     assert counted == after.value("netprobe_tcp_segments_sent_total", **pod_labels("d", "b")) - \
@@ -442,11 +464,11 @@ def test_retransmits_equal_the_kernels_retransmitted_segments_under_gso_and_carr
         if missed["retransmits"] == 0 and missed["synack"] == 0:
             assert got[p]["retrans"] == got[p]["kernel_retrans"], p
         else:
-            assert got[p]["retrans"] < got[p]["kernel_retrans"], p
+            assert got[p]["retrans"] <= got[p]["kernel_retrans"], p
         if missed["segments"] == 0:
             assert got[p]["sent"] == got[p]["kernel_sent"], p
-        else:
-            assert got[p]["kernel_sent"] - missed["segments"] * 64 <= got[p]["sent"] < got[p]["kernel_sent"], p
+        else:       # a skipped run loses one packet: up to 64 segments (64 KB GSO)
+            assert got[p]["kernel_sent"] - missed["segments"] * 64 <= got[p]["sent"] <= got[p]["kernel_sent"], p
     # All of a's retransmissions are to b; nothing from or to the clean pair.
     assert after.value("netprobe_tcp_retransmits_total", **lossy) - \
         before.value("netprobe_tcp_retransmits_total", **lossy) == a["retrans"]

@@ -139,7 +139,7 @@ def test_tcp_retransmit_without_the_transmit_tracepoint_counts_retransmits_only(
 def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_file, agent_factory):
     agent = agent_factory({"tcp_retransmit": {}}, pods_file).start()
     retransmit_progs = bpf_objects_of(agent.proc.pid)["prog"]
-    assert len(retransmit_progs) == 2        # retransmits and segments sent
+    assert len(retransmit_progs) == 3        # retransmits, retransmitted SYN-ACKs, segments sent
 
     def reloads_done(n):
         # the counter moves once a change is fully applied: the sync point
@@ -182,7 +182,7 @@ def test_shutdown_leaves_nothing_in_the_kernel(lab, pods_file, agent_factory, si
     pinned_before = sorted(p.name for p in Path("/sys/fs/bpf").iterdir())
     agent = agent_factory(ALL_PROGRAMS, pods_file).start()
     held = bpf_objects_of(agent.proc.pid)
-    assert len(held["prog"]) == 8 and held["map"], held       # 2 + 3 + 1 + 2 programs
+    assert len(held["prog"]) == 9 and held["map"], held       # 3 + 3 + 1 + 2 programs
     agent.proc.send_signal(sig)
     assert agent.proc.wait(timeout=60) == 0
     left = bpf_ids()

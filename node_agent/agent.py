@@ -77,6 +77,7 @@ class Agent:
         self.state.resolver = self.resolver
         try:
             self.server = serve(self.config.listen_host, self.config.listen_port, self.metrics_text, self.ready)
+            self.state.http = self.server
         except OSError as e:
             raise StartupError(f"listen: cannot serve on {self.config.listen}: {e.strerror or e}") from None
         log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz"}})
@@ -161,7 +162,6 @@ class Agent:
             self.resolver.stop()
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         log.info("agent stopped; all programs detached")
 
 

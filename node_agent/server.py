@@ -57,13 +57,14 @@ class Limits:
 
 
 class _Conn:
-    __slots__ = ("sock", "peer", "task", "busy", "tls", "reader", "writer", "accepted")
+    __slots__ = ("sock", "peer", "task", "busy", "tls", "reader", "writer", "accepted", "generation")
 
     def __init__(self, sock: socket.socket, peer: str):
         self.sock, self.peer = sock, peer
         self.task: asyncio.Task | None = None
         self.busy = False             # answering a request: not evictable
         self.tls = False
+        self.generation = -1          # of the serving certificate the TLS session was made with
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.accepted = time.monotonic()
@@ -266,6 +267,7 @@ class Endpoint:
                 raise ConnectionResetError("closed before sending anything")
             if first[0] == TLS_HANDSHAKE:
                 context = tls.context()
+                conn.generation = tls.generation
         reader = asyncio.StreamReader(limit=self.limits.max_head_bytes, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
@@ -300,6 +302,9 @@ class Endpoint:
             await self._answer(conn, "other", e.status, f"{e}\n".encode(), close=True)
             return False
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        tls = self.tls
+        if conn.tls and (tls is None or (tls.context() and conn.generation != tls.generation)):
+            keep = False   # the certificate changed: the next request gets a new handshake
         path = target.split("?", 1)[0]
         label = path if path in PATHS else "other"
         if method not in ("GET", "HEAD"):

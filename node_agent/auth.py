@@ -5,8 +5,10 @@ belongs to (401 when nobody), a SubjectAccessReview whether that user may
 `get` the non-resource URL /metrics (403 when not). Decisions (allowed,
 forbidden, unauthenticated) are cached per token digest for `cache_seconds`,
 so a Prometheus scraping every 30 s costs two API requests per cache period
-and a flood of one bad token costs two per period as well; an API server that
-cannot be asked gives 503 and is not cached. The agent's ServiceAccount needs
+and a flood of one bad token costs two per period as well. When the API
+server cannot be asked, a token allowed within the last `stale_seconds`
+stays allowed (monitoring keeps working through a control-plane outage,
+which is when it is needed); anything else gets 503, not cached. The agent's ServiceAccount needs
 `create` on tokenreviews and subjectaccessreviews (manifests/agent-rbac.yaml),
 nothing more.
 """
@@ -59,13 +61,13 @@ def api_client(kubeconfig: str | None) -> Any:
 
 class KubernetesAuthorizer:
     def __init__(self, api: Any, cache_seconds: float = 30.0, path: str = "/metrics", verb: str = "get",
-                 max_entries: int = 4096, timeout: float = 5.0):
+                 max_entries: int = 4096, timeout: float = 5.0, stale_seconds: float = 600.0):
         from kubernetes import client
         self.authn = client.AuthenticationV1Api(api)
         self.authz = client.AuthorizationV1Api(api)
         self.cache_seconds, self.path, self.verb = cache_seconds, path, verb
-        self.max_entries, self.timeout = max_entries, timeout
-        self._cache: OrderedDict[bytes, tuple[float, Decision]] = OrderedDict()
+        self.max_entries, self.timeout, self.stale_seconds = max_entries, timeout, stale_seconds
+        self._cache: OrderedDict[bytes, tuple[float, Decision]] = OrderedDict()   # (fresh until, decision)
         self._lock = threading.Lock()
         self._errors = OnceLog(log)
 
@@ -77,11 +79,8 @@ class KubernetesAuthorizer:
         key = self._key(token)
         with self._lock:
             hit = self._cache.get(key)
-            if hit is None:
-                return None
-            if hit[0] < time.monotonic():
-                del self._cache[key]
-                return None
+            if hit is None or hit[0] < time.monotonic():
+                return None     # an expired entry stays, for review()'s fallback
             return hit[1]
 
     def review(self, token: str) -> Decision:
@@ -90,6 +89,10 @@ class KubernetesAuthorizer:
             decision = self._review(token)
         except Exception as e:   # API server down, timeout, 403 on the review itself (RBAC missing)
             self._errors.error("authorization: cannot review a token", e)
+            with self._lock:
+                hit = self._cache.get(self._key(token))
+            if hit is not None and hit[1].status == 200 and time.monotonic() - hit[0] < self.stale_seconds:
+                return hit[1]
             return Decision(503, f"cannot verify the token now ({type(e).__name__})")
         key = self._key(token)
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,7 @@ from agent_harness import AgentProcess, Scrape
 from netprobe_operator import certs
 from netprobe_testbed.netns import wait_until
 from netprobe_testbed.volumes import write_volume
-from node_agent.auth import Decision
+from node_agent.auth import Decision, KubernetesAuthorizer
 from node_agent.config import ConfigError, parse_config
 from node_agent.server import Endpoint
 from node_agent.tls import ServingCertificate, TLSConfigError
@@ -227,3 +228,57 @@ def test_agent_over_tls_stays_bounded_under_abuse(tmp_path, pki):
         assert s.value("netprobe_agent_tls_certificate_expiry_timestamp_seconds") > 0
     finally:
         agent.stop()
+
+
+# --- the authorizer's cache, with the API answered by stand-ins ---------------
+
+
+class ReviewApi:
+    """TokenReview/SubjectAccessReview stand-ins: 'good' may get /metrics, 'nosy' may not."""
+
+    def __init__(self):
+        self.calls, self.down = 0, False
+
+    def create_token_review(self, body, _request_timeout):
+        self.calls += 1
+        if self.down:
+            raise ConnectionRefusedError("API server down")
+        token = body["spec"]["token"]
+        user = SimpleNamespace(username=f"system:serviceaccount:m:{token}", uid="1", groups=["g"], extra=None)
+        ok = token in ("good", "nosy")
+        return SimpleNamespace(status=SimpleNamespace(authenticated=ok, user=user if ok else None, error=None))
+
+    def create_subject_access_review(self, body, _request_timeout):
+        self.calls += 1
+        spec = body["spec"]
+        assert spec["nonResourceAttributes"] == {"path": "/metrics", "verb": "get"} and spec["groups"] == ["g"]
+        return SimpleNamespace(status=SimpleNamespace(allowed=spec["user"].endswith(":good")))
+
+
+def authorizer(cache_seconds) -> tuple[KubernetesAuthorizer, ReviewApi]:
+    from kubernetes import client
+    auth = KubernetesAuthorizer(client.ApiClient(client.Configuration()), cache_seconds=cache_seconds)
+    api = ReviewApi()
+    auth.authn = auth.authz = api
+    return auth, api
+
+
+def test_decisions_are_cached_per_token():
+    auth, api = authorizer(60)
+    assert auth.cached("good") is None
+    assert auth.review("good").status == 200 and api.calls == 2
+    assert auth.review("nosy").status == 403 and api.calls == 4
+    assert auth.review("forged").status == 401 and api.calls == 5       # no access review for nobody
+    assert [auth.cached(t).status for t in ("good", "nosy", "forged")] == [200, 403, 401]
+    assert api.calls == 5
+
+
+def test_an_unreachable_api_server_keeps_recently_allowed_tokens_only():
+    auth, api = authorizer(0.05)
+    assert auth.review("good").status == 200 and auth.review("nosy").status == 403
+    time.sleep(0.1)
+    assert auth.cached("good") is None                 # expired: asked again...
+    api.down = True
+    assert auth.review("good").status == 200           # ...the API is down: still allowed (stale)
+    assert auth.review("nosy").status == 503           # a refusal is not turned into access
+    assert auth.review("never-seen").status == 503

@@ -3,7 +3,8 @@
 One asyncio event loop (one thread) accepts and reads every connection, so an
 idle or slow connection costs a socket and a few KiB, never a thread. Work that
 blocks runs in fixed pools: one thread renders scrapes (one at a time), two
-ask the API server about tokens (node_agent/auth.py). Bounds (Limits):
+ask the API server about tokens (node_agent/auth.py), one answers /readyz
+(the agent's readiness takes a lock a program compile holds). Bounds (Limits):
 
 - at most `max_connections` open connections. When full, the oldest one that
   has not sent a complete request yet (handshaking, dripping its headers, idle
@@ -101,6 +102,9 @@ class Endpoint:
         self._sock: socket.socket | None = None
         self._scrape_pool = ThreadPoolExecutor(1, thread_name_prefix="scrape")
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")
+        # ready() may wait for the program manager's lock (held through a BCC compile):
+        # never on the event loop.
+        self._ready_pool = ThreadPoolExecutor(1, thread_name_prefix="ready")
         self._auth_pending = 0
         self._scrape_lock: asyncio.Lock | None = None
         self._errors = OnceLog(log)
@@ -159,8 +163,8 @@ class Endpoint:
         self._stopped.wait(10)
         if self._sock is not None:
             self._sock.close()
-        self._scrape_pool.shutdown(wait=False, cancel_futures=True)
-        self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._scrape_pool, self._auth_pool, self._ready_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def server_close(self) -> None:   # the old ThreadingHTTPServer interface
         pass
@@ -318,7 +322,11 @@ class Endpoint:
         if path == "/healthz":
             return await self._answer(conn, label, 200, b"ok\n", close=not keep, head_only=head_only)
         if path == "/readyz":
-            ok, why = self.ready()
+            try:
+                ok, why = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                    self._ready_pool, self.ready), self.limits.write_timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                ok, why = False, "readiness check timed out"
             return await self._answer(conn, label, 200 if ok else 503, (why + "\n").encode(),
                                       close=not keep, head_only=head_only)
         if path != "/metrics":
@@ -393,14 +401,14 @@ class Endpoint:
                                        "Requests answered, by path (/metrics, /healthz, /readyz, other) "
                                        "and status code (401/403: refused by authentication/authorization).",
                                        labels=["path", "code"])
-        for (path, code), n in sorted(self.requests.items()):
+        for (path, code), n in sorted(list(self.requests.items())):   # a copy: the loop thread adds keys
             requests.add_metric([path, code], n)
         dropped = CounterMetricFamily(
             "netprobe_agent_http_connections_dropped",
             "Connections closed without an answer: evicted (made room for a new one), "
             "too_many_connections, timeout, tls_handshake, client_gone, error.",
             labels=["reason"])
-        for reason, n in sorted(self.dropped.items()):
+        for reason, n in sorted(list(self.dropped.items())):
             dropped.add_metric([reason], n)
         out = [conns, requests, dropped]
         if self.tls is not None:

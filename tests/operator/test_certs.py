@@ -95,3 +95,18 @@ def test_tampered_secret_is_replaced():
     again = reconciler._certificates(probe())
     assert certs.serving_problem(again.cert, again.key, again.ca_cert, NAMES, NOW) is None
     assert serial(again.cert) != serial(first.cert)
+
+
+def test_the_periodic_check_reconciles_only_probes_that_are_due(monkeypatch):
+    store = SecretStore()
+    bodies = [{"metadata": {"name": n, "uid": f"uid-{n}", "generation": 1},
+               "spec": crd_schema.defaulted_spec({"programs": [{"name": "tcp_rtt"}]})} for n in ("p", "q")]
+    store.list = lambda kind: bodies if kind == "NetworkProbe" else []
+    reconciler = Reconciler(store, settings.OperatorSettings(), clock=lambda: NOW)
+    reconciled = []
+    monkeypatch.setattr(reconciler, "reconcile", lambda snap, others: reconciled.append(
+        (snap.name, sorted(o.name for o in others))))
+    assert reconciler.renew_due() == [] and reconciled == []         # nothing issued yet: nothing due
+    reconciler._renew_at.update({"p": NOW - dt.timedelta(days=1), "q": NOW + dt.timedelta(days=1)})
+    assert reconciler.renew_due() == ["p"]
+    assert reconciled == [("p", ["p", "q"])]      # with every probe, for the port-conflict check

@@ -166,9 +166,6 @@ class Endpoint:
         for pool in (self._scrape_pool, self._auth_pool, self._ready_pool):
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def server_close(self) -> None:   # the old ThreadingHTTPServer interface
-        pass
-
     def configure(self, tls=None, authorizer=None) -> None:
         """Swap TLS / authorization (config reload); new connections see the new ones."""
         self.tls, self.authorizer = tls, authorizer

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 
+from node_agent.auth import AuthConfigError, KubernetesAuthorizer, api_client
 from node_agent.config import AgentConfig, ConfigError, load_config
 from node_agent.kernel.features import KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
@@ -26,6 +27,7 @@ from node_agent.resolver.factory import make_resolver
 from node_agent.runtime.manager import ProgramManager
 from node_agent.runtime.memory import release_compiler_memory
 from node_agent.server import serve
+from node_agent.tls import ServingCertificate, TLSConfigError
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +77,15 @@ class Agent:
         self.collector.node_addresses.get()   # warm up (netlink) before the first scrape
         self.resolver = self._start_resolver(self.config)
         self.state.resolver = self.resolver
+        tls, authorizer = self._endpoint_security(self.config)
         try:
-            self.server = serve(self.config.listen_host, self.config.listen_port, self.metrics_text, self.ready)
+            self.server = serve(self.config.listen_host, self.config.listen_port, self.metrics_text, self.ready,
+                                tls=tls, authorizer=authorizer)
+            self.state.http = self.server
         except OSError as e:
             raise StartupError(f"listen: cannot serve on {self.config.listen}: {e.strerror or e}") from None
-        log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz"}})
+        log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz",
+                                          **self._security_kv(self.config)}})
         self.state.configured = dict(self.config.programs)
         self.manager.apply(self.config.programs)
         release_compiler_memory()
@@ -95,6 +101,25 @@ class Agent:
         except Exception as e:   # a bad file, an unreadable kubeconfig, ...
             raise StartupError(f"resolver: {e}") from None
         return resolver
+
+    @staticmethod
+    def _endpoint_security(config: AgentConfig):
+        """The serving certificate and the authorizer the config asks for (StartupError if unusable)."""
+        tls = authorizer = None
+        try:
+            if config.tls is not None:
+                tls = ServingCertificate(config.tls.cert_file, config.tls.key_file)
+            if config.authorization is not None:
+                authorizer = KubernetesAuthorizer(api_client(config.authorization.kubeconfig),
+                                                  cache_seconds=config.authorization.cache_seconds)
+        except (TLSConfigError, AuthConfigError) as e:
+            raise StartupError(str(e)) from None
+        return tls, authorizer
+
+    @staticmethod
+    def _security_kv(config: AgentConfig) -> dict:
+        return {"metrics_tls": "on" if config.tls else "off",
+                "metrics_authorization": "kubernetes" if config.authorization else "none"}
 
     def _apply_labels(self, config: AgentConfig) -> None:
         self.state.labels = config.labels
@@ -133,6 +158,15 @@ class Agent:
         if (new.listen_host, new.listen_port) != (self.config.listen_host, self.config.listen_port):
             log.warning("listen address changes need a restart; keeping the old one",
                         extra={"kv": {"listen": self.config.listen, "wanted": new.listen}})
+        security_changed = (new.tls, new.authorization) != (self.config.tls, self.config.authorization)
+        if security_changed:
+            try:
+                tls, authorizer = self._endpoint_security(new)
+            except StartupError as e:
+                self.state.config_reload_errors += 1
+                log.error("config refused; running set unchanged", extra={"kv": {"file": self.config_path,
+                                                                                "error": str(e)}})
+                return False
         if new.resolver != self.config.resolver or new.node_name != self.config.node_name:
             try:
                 resolver = self._start_resolver(new)
@@ -144,6 +178,9 @@ class Agent:
             old, self.resolver = self.resolver, resolver
             self.state.resolver = resolver
             old.stop()
+        if security_changed:
+            self.server.configure(tls, authorizer)
+            log.info("metrics endpoint security changed", extra={"kv": self._security_kv(new)})
         self._apply_labels(new)
         self.state.configured = dict(new.programs)
         self.manager.apply(new.programs)
@@ -161,7 +198,6 @@ class Agent:
             self.resolver.stop()
         if self.server is not None:
             self.server.shutdown()
-            self.server.server_close()
         log.info("agent stopped; all programs detached")
 
 

@@ -40,6 +40,18 @@ class KubernetesResolverConfig:
 
 
 @dataclass(frozen=True)
+class TLSConfig:
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
+class AuthorizationConfig:
+    cache_seconds: float = 30.0
+    kubeconfig: str | None = None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     listen_host: str
     listen_port: int
@@ -49,6 +61,8 @@ class AgentConfig:
     resolver: StaticResolverConfig | KubernetesResolverConfig
     programs: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> full options
     digest: str = ""                        # of the file's bytes
+    tls: TLSConfig | None = None            # /metrics over HTTPS
+    authorization: AuthorizationConfig | None = None   # bearer token -> TokenReview + SubjectAccessReview
 
     @property
     def listen(self) -> str:
@@ -124,6 +138,37 @@ def _resolver(value: Any) -> StaticResolverConfig | KubernetesResolverConfig:
     return KubernetesResolverConfig(peers, float(grace), kubeconfig)
 
 
+def _tls(value: Any) -> TLSConfig | None:
+    if value is None:
+        return None
+    data = _mapping(value, "tls")
+    _unknown(data, ("cert_file", "key_file"), "tls")
+    for key in ("cert_file", "key_file"):
+        if key not in data:
+            raise ConfigError(f"tls.{key}", "required")
+    return TLSConfig(_string(data["cert_file"], "tls.cert_file"), _string(data["key_file"], "tls.key_file"))
+
+
+def _authorization(value: Any, tls: TLSConfig | None) -> AuthorizationConfig | None:
+    if value is None:
+        return None
+    data = _mapping(value, "authorization")
+    _unknown(data, ("kubernetes",), "authorization")
+    if "kubernetes" not in data:
+        raise ConfigError("authorization.kubernetes", "required (the only authorizer)")
+    kube = _mapping(data["kubernetes"], "authorization.kubernetes")
+    _unknown(kube, ("cache_seconds", "kubeconfig"), "authorization.kubernetes")
+    cache = kube.get("cache_seconds", 30)
+    if isinstance(cache, bool) or not isinstance(cache, (int, float)) or not 0 <= cache <= 600:
+        raise ConfigError("authorization.kubernetes.cache_seconds", f"expected a number in 0..600, got {cache!r}")
+    kubeconfig = kube.get("kubeconfig")
+    if kubeconfig is not None:
+        _string(kubeconfig, "authorization.kubernetes.kubeconfig")
+    if tls is None:
+        raise ConfigError("authorization", "needs tls: a bearer token must not cross the network in clear text")
+    return AuthorizationConfig(float(cache), kubeconfig)
+
+
 def _programs(value: Any) -> dict[str, dict[str, Any]]:
     data = _mapping(value, "programs")
     programs = {}
@@ -150,7 +195,8 @@ def parse_config(text: str) -> AgentConfig:
     except yaml.YAMLError as e:
         raise ConfigError("", f"not valid YAML: {e}") from None
     data = _mapping(data, "(top level)")
-    _unknown(data, ("listen", "node_name", "log_level", "labels", "resolver", "programs"), "")
+    _unknown(data, ("listen", "node_name", "log_level", "labels", "resolver", "programs", "tls",
+                    "authorization"), "")
     host, port = _listen(data.get("listen", "0.0.0.0:9435"))
     node_name = data.get("node_name") or os.environ.get("NODE_NAME") or socket.gethostname()
     node_name = _string(node_name, "node_name")
@@ -159,11 +205,13 @@ def parse_config(text: str) -> AgentConfig:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     if "resolver" not in data:
         raise ConfigError("resolver", "required (static or kubernetes)")
+    tls = _tls(data.get("tls"))
     return AgentConfig(
         listen_host=host, listen_port=port, node_name=node_name, log_level=log_level,
         labels=_labels(data.get("labels")), resolver=_resolver(data["resolver"]),
         programs=_programs(data.get("programs")),
         digest=hashlib.sha256(text.encode()).hexdigest(),
+        tls=tls, authorization=_authorization(data.get("authorization"), tls),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import traceback
 
 
 def _quote(value) -> str:
@@ -35,3 +36,24 @@ def setup_logging(level: str = "info") -> None:
         handler.setFormatter(LogfmtFormatter())
         root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class OnceLog:
+    """An error that recurs (every scrape, every connection) is logged once, as one
+    line naming where it was raised; repeats go to debug. No traceback floods."""
+
+    def __init__(self, logger: logging.Logger, remember: int = 64):
+        self.logger, self.remember = logger, remember
+        self._seen: set[tuple[str, str]] = set()
+
+    def error(self, what: str, exc: BaseException, **context) -> None:
+        key = (what, f"{type(exc).__name__}: {exc}")
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
+        kv = {**context, "error": key[1], "where": where}
+        if key in self._seen:
+            self.logger.debug(what + " (again)", extra={"kv": kv})
+            return
+        if len(self._seen) < self.remember:
+            self._seen.add(key)
+        self.logger.error(what, extra={"kv": kv})

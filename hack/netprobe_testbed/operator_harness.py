@@ -29,7 +29,7 @@ NAMESPACE = "netprobe-system"
 MONITORING_CRDS = REPO / "tests" / "operator" / "fixtures" / "monitoring-crds.yaml"
 OPERATOR_BIN = Path(sys.executable).with_name("netprobe-operator")
 CHILD_KINDS = {  # kind -> kubectl resource name
-    "ConfigMap": "configmaps", "Service": "services", "DaemonSet": "daemonsets.apps",
+    "Secret": "secrets", "ConfigMap": "configmaps", "Service": "services", "DaemonSet": "daemonsets.apps",
     "ServiceMonitor": "servicemonitors.monitoring.coreos.com",
     "PrometheusRule": "prometheusrules.monitoring.coreos.com",
 }

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from node_agent.logs import OnceLog
 from node_agent.metrics.exposition import Family, HistogramFamily, ScalarFamily
 from node_agent.metrics.histogram import bucket_labels, cumulative_counts
 from node_agent.metrics.keys import decode_key
@@ -67,6 +68,7 @@ class AgentState:
         self.resolver = None
         self.configured: dict[str, dict] = {}
         self.info: dict[str, str] = {}
+        self.http = None          # node_agent.server.Endpoint: its connection and request counters
 
 
 class AgentCollector:
@@ -77,6 +79,7 @@ class AgentCollector:
         self._previous_keys: dict[tuple[int, str], set[bytes]] = {}
         self._evictions: dict[tuple[str, str], int] = defaultdict(int)
         self.scrape_errors: dict[str, int] = defaultdict(int)
+        self._errors = OnceLog(log)
 
     # -- registry protocol --------------------------------------------
     def describe(self):
@@ -107,7 +110,7 @@ class AgentCollector:
                     out += self._program_families(inst, scope, map_stats)
                 except Exception as e:   # one broken program must not break the scrape
                     self.scrape_errors[inst.name] += 1
-                    log.exception("reading maps failed", extra={"kv": {"program": inst.name, "error": str(e)}})
+                    self._errors.error("reading maps failed", e, program=inst.name)
             self._forget_stopped(instances)
         out += self._self_families(instances, map_stats, scope)
         if self.state.resolver is not None and hasattr(self.state.resolver, "collect"):
@@ -115,6 +118,8 @@ class AgentCollector:
                 out += list(self.state.resolver.collect())
             except Exception as e:
                 log.warning("resolver metrics failed", extra={"kv": {"error": str(e)}})
+        if self.state.http is not None:
+            out += self.state.http.families()
         duration = GaugeMetricFamily("netprobe_agent_scrape_duration_seconds",
                                      "Time this agent took to read its maps and build this scrape.")
         duration.add_metric([], time.perf_counter() - started)

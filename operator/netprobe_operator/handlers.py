@@ -3,16 +3,19 @@
 Loaded by `kopf run -m netprobe_operator.handlers` (see main.py). Watches:
   NetworkProbes                   create/update/resume -> full reconcile
   owned DaemonSets/ConfigMaps/    edited or deleted -> re-apply the accepted
-  Services/ServiceMonitors/       object; DaemonSet status -> probe status
+  Services/Secrets/               object; DaemonSet status -> probe status
+  ServiceMonitors/
   PrometheusRules (by label, in
   the operator's namespace)
   the monitoring.coreos.com CRDs  installed or removed -> reconcile every probe
 No timers and no delete handler, so the operator adds no finalizer: deleting a
 probe never waits for the operator; garbage collection removes its objects.
+Certificate renewal runs in a thread of its own (_renewals).
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -24,6 +27,8 @@ from . import settings as s
 CONFIG = s.OperatorSettings.from_env()
 MANAGED = {s.LABEL_MANAGED_BY: s.MANAGED_BY}
 RETRY_DELAY_SECONDS = 30
+RENEWAL_CHECK_SECONDS = 3600
+_stopping = threading.Event()
 
 _reconciler: rec.Reconciler | None = None
 
@@ -48,8 +53,26 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.scanning.disabled = True
     settings.execution.max_workers = 4
     reconciler()
+    threading.Thread(target=_renewals, name="certificate-renewals", daemon=True).start()
     logger.info("netprobe operator: namespace %s, default agent image %s",
                 CONFIG.namespace, CONFIG.agent_image)
+
+
+def _renewals() -> None:
+    """Serving certificates are renewed well before they expire (docs/operator.md).
+
+    A plain thread rather than a kopf timer: timers put a finalizer on every
+    probe, and a down operator would then block probe deletion."""
+    while not _stopping.wait(RENEWAL_CHECK_SECONDS):
+        try:
+            reconciler().renew_due()
+        except Exception as err:  # noqa: BLE001 - the API may be down; try again next round
+            logging.getLogger(__name__).warning("certificate renewal check failed: %s", err)
+
+
+@kopf.on.cleanup()
+def stop_renewals(**_: Any) -> None:
+    _stopping.set()
 
 
 @kopf.index(s.API_GROUP, s.API_VERSION, s.PROBE_PLURAL)
@@ -104,6 +127,13 @@ def agent_daemonset_event(type: str, body: kopf.Body, labels: kopf.Labels,
 def configmap_event(type: str, body: kopf.Body, labels: kopf.Labels,
                     probes: kopf.Index, **_: Any) -> None:
     _child_event("ConfigMap", type, body, labels, probes)
+
+
+@kopf.on.event("v1", "secrets", labels=MANAGED)
+def secret_event(type: str, body: kopf.Body, labels: kopf.Labels,
+                 probes: kopf.Index, **_: Any) -> None:
+    # A deleted serving-certificate Secret is re-issued (new key) at once.
+    _child_event("Secret", type, body, labels, probes)
 
 
 @kopf.on.event("v1", "services", labels=MANAGED)

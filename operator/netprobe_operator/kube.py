@@ -43,6 +43,7 @@ class Resource:
 # The kinds the operator reads or writes: a fixed table, no discovery cache.
 RESOURCES: dict[str, Resource] = {
     "ConfigMap": Resource("", "v1", "configmaps"),
+    "Secret": Resource("", "v1", "secrets"),
     "Service": Resource("", "v1", "services"),
     "DaemonSet": Resource("apps", "v1", "daemonsets"),
     "ServiceMonitor": Resource("monitoring.coreos.com", "v1", "servicemonitors"),

@@ -9,12 +9,15 @@ namespace, an invalid value) never leaves a half-applied set.
 """
 from __future__ import annotations
 
+import base64
 import copy
+import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import certs
 from . import kube as kube_mod
 from . import render, status, validation
 from . import settings as s
@@ -25,7 +28,7 @@ MONITORING_KINDS = ("ServiceMonitor", "PrometheusRule")
 MONITORING_CRDS = frozenset({"servicemonitors.monitoring.coreos.com",
                              "prometheusrules.monitoring.coreos.com"})
 # Kinds pruned when the spec no longer asks for them (e.g. serviceMonitor disabled).
-PRUNABLE_KINDS = ("ConfigMap", "Service", "DaemonSet") + MONITORING_KINDS
+PRUNABLE_KINDS = ("Secret", "ConfigMap", "Service", "DaemonSet") + MONITORING_KINDS
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,17 @@ class ProbeSnapshot:
             node_selector=self.spec.get("nodeSelector") or {})
 
 
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
 class Reconciler:
-    def __init__(self, kube: kube_mod.Kube, config: s.OperatorSettings):
+    def __init__(self, kube: kube_mod.Kube, config: s.OperatorSettings, clock=_utcnow):
         self.kube = kube
         self.config = config
+        self.clock = clock
+        # When each probe's serving certificate is due for renewal (renew_due()).
+        self._renew_at: dict[str, dt.datetime] = {}
         # One re-entrant lock per probe: a reconcile and a child event never
         # interleave, so a child event cannot re-apply a set a running
         # reconcile is replacing.
@@ -119,7 +129,16 @@ class Reconciler:
                 daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name))
 
         warnings = [w for w in [validation.check_nodes(probe.spec, nodes)] if w]
-        rendered = render.render(render.Probe(probe.name, probe.uid, probe.spec), self.config)
+        try:
+            certificates = self._certificates(probe)
+        except kube_mod.ApiError as err:   # e.g. the operator may not read Secrets (RBAC)
+            return status.Outcome(
+                applied=False, retry=True,
+                problems=[validation.Problem("CertificateUnavailable",
+                                             f"cannot read the probe's certificate Secrets: {err}")],
+                monitoring=("Unknown", "NotApplied", "the spec was not applied"),
+                daemonset=self.kube.get("DaemonSet", self.config.namespace, daemonset_name))
+        rendered = render.render(render.Probe(probe.name, probe.uid, probe.spec), self.config, certificates)
         served = {kind: self.kube.serves(kind) for kind in MONITORING_KINDS}
         wanted = [m for m in rendered.manifests if served.get(m["kind"], True)]
         skipped = [f"{m['kind']}/{m['metadata']['name']}: the monitoring.coreos.com CRD is not installed"
@@ -150,6 +169,54 @@ class Reconciler:
         self._applied[probe.name] = (probe.uid, probe.generation, render.RenderedSet(wanted))
         return status.Outcome(applied=True, warnings=warnings, skipped=skipped,
                               monitoring=monitoring, daemonset=stored.get("DaemonSet"))
+
+    # --- certificates ---------------------------------------------------------
+
+    def _certificates(self, probe: ProbeSnapshot) -> render.Certificates | None:
+        """The stored CA and serving certificate when still good, else new ones (certs.py)."""
+        if not probe.spec["agent"]["secureMetrics"]:
+            self._renew_at.pop(probe.name, None)
+            return None
+        names = render.Names.for_probe(probe.name)
+        now = self.clock()
+        ca = self._secret_data(names.ca_secret, probe.uid)
+        ca_cert, ca_key = ca.get("ca.crt"), ca.get("ca.key")
+        problem = certs.ca_problem(ca_cert, ca_key, now)
+        if problem:
+            log.info("NetworkProbe %s: new CA (%s)", probe.name, problem)
+            ca_cert, ca_key = certs.new_ca(f"netprobe {probe.name} metrics CA", now)
+        serving = self._secret_data(names.tls_secret, probe.uid)
+        cert, key = serving.get("tls.crt"), serving.get("tls.key")
+        dns_names = render.service_dns_names(probe.name, self.config.namespace)
+        problem = certs.serving_problem(cert, key, ca_cert, dns_names, now)
+        if problem:
+            log.info("NetworkProbe %s: new serving certificate (%s)", probe.name, problem)
+            cert, key = certs.new_serving(ca_cert, ca_key, dns_names, now)
+        self._renew_at[probe.name] = certs.renew_at(cert)
+        return render.Certificates(ca_cert=ca_cert, ca_key=ca_key, cert=cert, key=key)
+
+    def _secret_data(self, name: str, probe_uid: str) -> dict[str, bytes]:
+        """A Secret's data, decoded; empty when absent or left by an earlier probe of the same name."""
+        secret = self.kube.get("Secret", self.config.namespace, name)
+        if secret is None:
+            return {}
+        owners = {ref.get("uid") for ref in secret["metadata"].get("ownerReferences") or []}
+        if probe_uid not in owners:
+            return {}
+        return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+    def renew_due(self) -> list[str]:
+        """Reconcile every probe whose serving certificate is due (called periodically)."""
+        now = self.clock()
+        due = sorted(name for name, when in list(self._renew_at.items()) if when <= now)
+        if not due:
+            return []
+        snapshots = [ProbeSnapshot.from_body(p) for p in self.kube.list("NetworkProbe")]
+        for snap in snapshots:
+            if snap.name in due:
+                log.info("NetworkProbe %s: serving certificate due for renewal", snap.name)
+                self.reconcile(snap, snapshots)
+        return due
 
     @staticmethod
     def _monitoring_condition(spec: Mapping, served: Mapping[str, bool]) -> tuple[str, str, str]:

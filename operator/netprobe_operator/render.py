@@ -7,6 +7,7 @@ list, which is what makes server-side apply idempotent and the unit tests exact.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ def _overlay(base: Mapping | None, top: Mapping) -> dict:
 
 
 TEMPLATES.filters["overlay"] = _overlay
+TEMPLATES.filters["b64"] = lambda data: base64.b64encode(data).decode()
+
+# Where the agent container finds its serving certificate.
+TLS_MOUNT = "/etc/netprobe-tls"
 
 # Capabilities of the agent container (docs/agent.md lists why each is needed).
 AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
@@ -65,12 +70,31 @@ class Names:
     service: str
     service_monitor: str
     prometheus_rule: str
+    tls_secret: str
+    ca_secret: str
+    ca_configmap: str
 
     @classmethod
     def for_probe(cls, probe_name: str) -> "Names":
         base = f"netprobe-{probe_name}"
         return cls(config=base, daemonset=base, service=base,
-                   service_monitor=base, prometheus_rule=base)
+                   service_monitor=base, prometheus_rule=base,
+                   tls_secret=f"{base}-tls", ca_secret=f"{base}-ca", ca_configmap=f"{base}-ca")
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """PEM data the reconciler issued or kept (certs.py); rendering only places it."""
+    ca_cert: bytes
+    ca_key: bytes
+    cert: bytes
+    key: bytes
+
+
+def service_dns_names(probe_name: str, namespace: str) -> list[str]:
+    """The names in the serving certificate; the first is the ServiceMonitor's serverName."""
+    service = Names.for_probe(probe_name).service
+    return [f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
 
 
 def selector_labels(probe_name: str) -> dict[str, str]:
@@ -107,7 +131,7 @@ def dashboard_uid(probe_name: str, key: str) -> str:
 
 def render_agent_config(probe: Probe) -> str:
     return TEMPLATES.get_template("agent-config.yaml.j2").render(
-        probe_name=probe.name, spec=probe.spec)
+        probe_name=probe.name, spec=probe.spec, tls_mount=TLS_MOUNT)
 
 
 def render_dashboard(probe: Probe, key: str, title: str) -> str:
@@ -140,8 +164,12 @@ class RenderedSet:
         return None
 
 
-def render(probe: Probe, config: s.OperatorSettings) -> RenderedSet:
+def render(probe: Probe, config: s.OperatorSettings, certificates: Certificates | None = None) -> RenderedSet:
+    """`certificates` is required when spec.agent.secureMetrics (the reconciler reads or issues them)."""
     spec = probe.spec
+    secure = spec["agent"]["secureMetrics"]
+    if secure and certificates is None:
+        raise ValueError("spec.agent.secureMetrics needs the probe's certificates")
     names = Names.for_probe(probe.name)
     context = {
         "probe_name": probe.name,
@@ -155,8 +183,13 @@ def render(probe: Probe, config: s.OperatorSettings) -> RenderedSet:
         "agent_service_account": config.agent_service_account,
         "capabilities": list(AGENT_CAPABILITIES),
         "program_names": [p["name"] for p in spec["programs"]],
+        "tls_mount": TLS_MOUNT,
+        "service_dns_names": service_dns_names(probe.name, config.namespace),
+        "certificates": certificates,
     }
     templates = ["configmap-agent.yaml.j2", "service.yaml.j2", "daemonset.yaml.j2"]
+    if secure:   # before the DaemonSet that mounts them
+        templates[:0] = ["secret-ca.yaml.j2", "secret-tls.yaml.j2", "configmap-ca.yaml.j2"]
     if spec["serviceMonitor"]["enabled"]:
         templates.append("servicemonitor.yaml.j2")
     if spec["prometheusRule"]["enabled"]:

@@ -6,20 +6,26 @@ machine must stand in for a kubelet are explicit:
   Running (status subresource) with the addresses of lab network namespaces;
 - the agent pod of the DaemonSet is played by a process started from that
   pod's spec: its command and arguments, its environment with the downward-API
-  values a kubelet would fill in, its ConfigMap volume written to a directory
-  (paths under the mount point are mapped there) and the agent ServiceAccount's
-  token as its credentials;
+  values a kubelet would fill in, its ConfigMap and Secret volumes written to
+  directories (Secrets the way the kubelet's atomic writer does, and rewritten
+  by sync_volumes() as the kubelet's periodic sync would; paths under the
+  mount points, in the arguments and in the agent's config file, are mapped
+  there) and the agent ServiceAccount's token as its credentials;
 - Prometheus gets a scrape job equivalent to the ServiceMonitor (same job name,
-  path, port, interval, honorLabels) and the PrometheusRule's groups.
+  path, port, interval, honorLabels, scheme, TLS settings and bearer token
+  file, the token being the one kube-prometheus-stack's Prometheus
+  ServiceAccount would have) and the PrometheusRule's groups.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -32,6 +38,7 @@ from kubernetes import client
 from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
 from netprobe_testbed.netns import Lab
 from netprobe_testbed.prometheus import PrometheusServer, free_port
+from netprobe_testbed.volumes import write_volume
 
 from netprobe_testbed import operator_harness as nc  # install, operator as its ServiceAccount
 
@@ -60,6 +67,8 @@ LOSSY_PAYLOAD, LOSSY_DROP_PERCENT = 1_000_000, 10
 # Traffic is spread over several scrape intervals: a series born with its final
 # value shows no increase to rate(), exactly as in a real Prometheus.
 ROUNDS, ROUND_PAUSE = 4, 2.5
+# kube-prometheus-stack's Prometheus ServiceAccount, as manifests/prometheus-rbac.yaml names it.
+PROMETHEUS_SA = ("monitoring", "kube-prometheus-stack-prometheus")
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,10 @@ class Stack:
         self.agent: subprocess.Popen | None = None
         self.prom: PrometheusServer | None = None
         self.metrics_port = free_port()
+        self.secret_volumes: dict[str, tuple[str, list, Path]] = {}   # volume -> (secret, items, dir)
+        self.server_name: str | None = None   # the ServiceMonitor's tlsConfig.serverName
+        self.ca_file: Path | None = None
+        self.prometheus_token: str | None = None
 
     # --- set-up ----------------------------------------------------------------
     def __enter__(self) -> "Stack":
@@ -158,7 +171,7 @@ class Stack:
              if p.spec.node_name == HOST), None), timeout=60)
         spec = pod.spec
         (container,) = spec.containers
-        mounts = self._materialize_configmap_volumes(spec, container)
+        mounts = self._materialize_volumes(spec, container)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         downward = {"spec.nodeName": HOST, "metadata.name": pod.metadata.name,
                     "metadata.namespace": NAMESPACE}
@@ -190,20 +203,43 @@ class Stack:
                 return None
             raise
 
-    def _materialize_configmap_volumes(self, spec, container) -> dict[str, Path]:
+    def _materialize_volumes(self, spec, container) -> dict[str, Path]:
         mounts = {}
         volumes = {v.name: v for v in spec.volumes}
+        configmaps = []
         for vm in container.volume_mounts:
             volume = volumes[vm.name]
-            if volume.config_map is None:
-                continue  # host paths are this host's own paths already
-            cm = self.core.read_namespaced_config_map(volume.config_map.name, NAMESPACE)
             target = self.workdir / "volumes" / vm.name
+            if volume.secret is not None:
+                self.secret_volumes[vm.name] = (volume.secret.secret_name, volume.secret.items or [], target)
+                mounts[vm.mount_path] = target
+            elif volume.config_map is not None:
+                configmaps.append((volume.config_map.name, target))
+                mounts[vm.mount_path] = target
+            # host paths are this host's own paths already
+        self.sync_volumes()
+        for name, target in configmaps:
+            cm = self.core.read_namespaced_config_map(name, NAMESPACE)
             target.mkdir(parents=True, exist_ok=True)
             for key, text in (cm.data or {}).items():
-                (target / key).write_text(text)
-            mounts[vm.mount_path] = target
+                (target / key).write_text(self._map_paths_in(text, mounts))
         return mounts
+
+    def sync_volumes(self) -> None:
+        """The kubelet's sync of Secret volumes: rewrite the ones whose Secret changed."""
+        for name, (secret_name, items, target) in self.secret_volumes.items():
+            secret = self.core.read_namespaced_secret(secret_name, NAMESPACE)
+            data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+            files = {i.path: data[i.key] for i in items} if items else data
+            current = {f: (target / f).read_bytes() for f in files if (target / f).exists()}
+            if current != files:
+                write_volume(target, files)
+
+    @staticmethod
+    def _map_paths_in(text: str, mounts: dict[str, Path]) -> str:
+        for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+            text = re.sub(re.escape(mount_path.rstrip("/")) + r"(?=/)", str(local), text)
+        return text
 
     @staticmethod
     def _map_path(arg: str, mounts: dict[str, Path]) -> str:
@@ -222,8 +258,35 @@ class Stack:
             return False
 
     def agent_metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-            return r.read().decode()
+        """/metrics as Prometheus gets it (HTTPS, its token, the CA and server name of the ServiceMonitor)."""
+        if self.server_name is None:   # spec.agent.secureMetrics false
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+                return r.read().decode()
+        status, body = self.https_get("/metrics", token=self.prometheus_token)
+        assert status == 200, (status, body[:300])
+        return body
+
+    def https_get(self, path: str, token: str | None = None, ca_file: Path | None = None,
+                  server_name: str | None = None) -> tuple[int, str]:
+        """One GET to the agent over TLS, verifying `ca_file` and `server_name` (default: the ServiceMonitor's)."""
+        ctx = ssl.create_default_context(cafile=str(ca_file or self.ca_file))
+        with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server_name or self.server_name) as tls:
+                auth = f"Authorization: Bearer {token}\r\n" if token else ""
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.server_name}\r\n{auth}"
+                            f"Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode(errors="replace")
+
+    def served_certificate(self) -> bytes:
+        """The DER certificate a new TLS connection to the agent gets."""
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname=self.server_name) as tls:
+                return tls.getpeercert(binary_form=True)
 
     def agent_log_tail(self, lines: int = 60) -> str:
         try:
@@ -247,8 +310,29 @@ class Stack:
             # the relabeling the ServiceMonitor asks for, resolved: node = the agent pod's node
             "static_configs": [{"targets": [f"127.0.0.1:{self.metrics_port}"], "labels": {"node": HOST}}],
         }
+        if endpoint.get("scheme") == "https":
+            scrape.update(self._prometheus_tls(endpoint))
         self.prom = PrometheusServer([scrape], rule["spec"]["groups"])
         self.prom.start()
+
+    def _prometheus_tls(self, endpoint: dict) -> dict:
+        """What the Prometheus Operator makes of the endpoint's TLS settings, with the files a
+        kube-prometheus-stack Prometheus pod would have: its ServiceAccount token, the CA."""
+        tls = endpoint["tlsConfig"]
+        assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        namespace, name = PROMETHEUS_SA
+        self.core.create_namespace({"metadata": {"name": namespace}})
+        self.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+        self.prometheus_token = self.cp.token_for(namespace, name)
+        token_file = self.workdir / "prometheus-token"
+        token_file.write_text(self.prometheus_token)
+        ca_ref = tls["ca"]["configMap"]
+        cm = self.core.read_namespaced_config_map(ca_ref["name"], NAMESPACE)
+        self.ca_file = self.workdir / "prometheus-ca.crt"
+        self.ca_file.write_text(cm.data[ca_ref["key"]])
+        self.server_name = tls["serverName"]
+        return {"scheme": "https", "bearer_token_file": str(token_file),
+                "tls_config": {"ca_file": str(self.ca_file), "server_name": self.server_name}}
 
     def wait_query(self, promql: str, ok=lambda r: bool(r), what: str = "", timeout: float = 60) -> list:
         last = []
@@ -341,7 +425,7 @@ class Stack:
             return
         try:
             self.netprobe.delete_probe(PROBE)
-            for ns in {ns for ns, _ in POD_PLAN.values()}:
+            for ns in {ns for ns, _ in POD_PLAN.values()} | ({PROMETHEUS_SA[0]} if self.prometheus_token else set()):
                 self.core.delete_namespace(ns)
             self.core.delete_node(HOST)
             self.netprobe.remove_monitoring_crds()

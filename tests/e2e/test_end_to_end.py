@@ -15,10 +15,18 @@ proves one claim of the issue on the traffic made by the fixture.
 """
 from __future__ import annotations
 
+import datetime as dt
 import re
+import ssl
+import time
+import urllib.error
+import urllib.request
 
 import pytest
+from cryptography import x509
 from kubernetes import client
+
+from netprobe_operator import certs
 
 from netprobe_testbed.netns import wait_until
 
@@ -159,3 +167,74 @@ def test_api_server_restart_keeps_labels_and_resolves_new_pods(stack):
          f'direction="outbound",peer_pod="{api.pod}"}})')
     res = stack.wait_query(q, lambda r: r and _value(r) == 4, what="the new pod's connections", timeout=60)
     assert _value(res) == 4
+
+
+# --- the secured endpoint (issue 15): all through the port and server name the ServiceMonitor names ---
+
+
+def test_prometheus_scrapes_over_https_with_its_serviceaccount_token(stack):
+    stack.wait_query(f'up{{job="netprobe-{e2e_stack.PROBE}"}} == 1', what="the agent target up")
+    (target,) = [t for t in stack.prom.targets() if t["labels"]["job"] == f"netprobe-{e2e_stack.PROBE}"]
+    assert target["scrapeUrl"].startswith("https://") and target["health"] == "up", target
+    assert target["lastError"] == ""
+    assert "metrics_tls=on metrics_authorization=kubernetes" in stack.agent_log.read_text()
+
+
+def test_no_token_is_401_and_a_token_without_the_right_is_403(stack):
+    assert stack.https_get("/metrics")[0] == 401
+    assert stack.https_get("/metrics", token="not-a-token")[0] == 401
+    core = client.CoreV1Api(stack.api)
+    core.create_namespaced_service_account("shop", {"metadata": {"name": "nosy"}})
+    status, body = stack.https_get("/metrics", token=stack.cp.token_for("shop", "nosy"))
+    assert status == 403 and "system:serviceaccount:shop:nosy may not get /metrics" in body
+    # the kubelet's probes need no token, and plain HTTP gets them only
+    assert stack.https_get("/healthz")[0] == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/readyz", timeout=5) as r:
+        assert r.status == 200
+    with pytest.raises(urllib.error.HTTPError) as plain:
+        urllib.request.urlopen(f"http://127.0.0.1:{stack.metrics_port}/metrics", timeout=5)
+    assert plain.value.code == 400
+
+
+def test_a_client_trusting_another_ca_fails_the_handshake(stack, tmp_path):
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(certs.new_ca("not netprobe's CA", dt.datetime.now(dt.timezone.utc))[0])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        stack.https_get("/metrics", token=stack.prometheus_token, ca_file=other)
+    with pytest.raises(ssl.SSLCertVerificationError):   # the right CA, another name
+        stack.https_get("/metrics", token=stack.prometheus_token, server_name="evil.example.com")
+
+
+def test_certificate_rotation_without_agent_restart(stack):
+    pid = stack.agent.pid
+    before = x509.load_der_x509_certificate(stack.served_certificate())
+    core = client.CoreV1Api(stack.api)
+    name = f"netprobe-{e2e_stack.PROBE}-tls"
+    old_uid = core.read_namespaced_secret(name, e2e_stack.NAMESPACE).metadata.uid
+    core.delete_namespaced_secret(name, e2e_stack.NAMESPACE)
+
+    def reissued():
+        try:
+            return core.read_namespaced_secret(name, e2e_stack.NAMESPACE).metadata.uid != old_uid
+        except client.ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+    wait_until(reissued, timeout=60, interval=0.5, what="the operator to re-issue the Secret")
+    stack.sync_volumes()          # the kubelet updates the mounted volume
+    wait_until(lambda: x509.load_der_x509_certificate(stack.served_certificate()).serial_number
+               != before.serial_number, timeout=30, interval=0.5, what="the agent to serve the new certificate")
+    after = x509.load_der_x509_certificate(stack.served_certificate())
+    assert after.issuer == before.issuer
+    assert stack.server_name in after.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    rotated_at = time.time()
+
+    def scraped_since():
+        (t,) = [t for t in stack.prom.targets() if t["labels"]["job"] == f"netprobe-{e2e_stack.PROBE}"]
+        # RFC 3339 with nanoseconds: fromisoformat takes microseconds at most
+        last = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", t["lastScrape"]).replace("Z", "+00:00"))
+        return t if last.timestamp() > rotated_at + 2 and t["health"] == "up" else False
+    wait_until(scraped_since, timeout=30, interval=1, what="Prometheus to scrape with the new certificate")
+    assert stack.agent.poll() is None and stack.agent.pid == pid, "the agent restarted"
+    assert "tls: certificate reloaded" in stack.agent_log.read_text()

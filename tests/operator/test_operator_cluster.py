@@ -83,10 +83,16 @@ def allowed(netprobe, user, verb, resource, namespace=None, group=""):
     return json.loads(reply.stdout)["status"].get("allowed", False)
 
 
-def test_agent_service_account_has_only_the_resolver_rights(netprobe):
+def test_agent_service_account_has_only_the_resolver_and_review_rights(netprobe):
     agent = f"system:serviceaccount:{NAMESPACE}:netprobe-agent"
     assert allowed(netprobe, agent, "list", "pods") and allowed(netprobe, agent, "watch", "pods")
     assert allowed(netprobe, agent, "get", "replicasets", "shop", "apps")
+    # who may read /metrics: token and access reviews, create only
+    assert allowed(netprobe, agent, "create", "tokenreviews", None, "authentication.k8s.io")
+    assert allowed(netprobe, agent, "create", "subjectaccessreviews", None, "authorization.k8s.io")
+    assert not allowed(netprobe, agent, "list", "subjectaccessreviews", None, "authorization.k8s.io")
+    assert not allowed(netprobe, agent, "create", "localsubjectaccessreviews", NAMESPACE, "authorization.k8s.io")
+    assert not allowed(netprobe, agent, "create", "serviceaccounts/token", NAMESPACE)
     assert not allowed(netprobe, agent, "get", "secrets", NAMESPACE)
     assert not allowed(netprobe, agent, "list", "replicasets", None, "apps")
     assert not allowed(netprobe, agent, "patch", "pods", "shop")
@@ -99,7 +105,10 @@ def test_operator_runs_with_least_privilege(netprobe):
     assert can("create", "servicemonitors", NAMESPACE, "monitoring.coreos.com")
     assert can("patch", "networkprobes/status", group="netprobe.io")
     assert not can("create", "daemonsets", "default", "apps")
-    assert not can("get", "secrets", NAMESPACE)
+    # the Secrets of its certificates, in its own namespace only
+    assert can("create", "secrets", NAMESPACE) and can("get", "secrets", NAMESPACE)
+    assert not can("get", "secrets", "default") and not can("list", "secrets")
+    assert not can("create", "tokenreviews", group="authentication.k8s.io")
     assert not can("list", "pods")
     assert not can("delete", "nodes")
     # the process really authenticates as that account, not as admin
@@ -148,6 +157,9 @@ def test_example_probe_yields_its_objects_and_becomes_ready(netprobe, monitoring
         if spec["dashboards"]["enabled"]:
             expected |= {("ConfigMap", f"netprobe-{name}-dashboard-overview"),
                          ("ConfigMap", f"netprobe-{name}-dashboard-agents")}
+        if spec["agent"]["secureMetrics"]:
+            expected |= {("Secret", f"netprobe-{name}-ca"), ("Secret", f"netprobe-{name}-tls"),
+                         ("ConfigMap", f"netprobe-{name}-ca")}
         netprobe.wait(f"all objects of {name}", lambda: {
             (o["kind"], o["metadata"]["name"]) for o in netprobe.children(name)} == expected)
         for obj in netprobe.children(name):
@@ -191,6 +203,18 @@ def test_deleted_children_come_back(netprobe, probes):
         assert back["metadata"]["ownerReferences"] == old["metadata"]["ownerReferences"]
     # a recreated DaemonSet has unready pods again: the status follows
     netprobe.wait_condition("drift-delete", "Ready", "False")
+
+
+def test_a_deleted_serving_certificate_is_reissued_from_the_same_ca(netprobe, probes):
+    probes("drift-cert", pool_spec(netprobe, 9613))
+    old = netprobe.wait_child("Secret", "netprobe-drift-cert-tls")
+    ca = netprobe.wait_child("ConfigMap", "netprobe-drift-cert-ca")
+    netprobe.kubectl("delete", "secret", "-n", NAMESPACE, "netprobe-drift-cert-tls", "--wait=true")
+    new = netprobe.wait_child("Secret", "netprobe-drift-cert-tls",
+                              lambda o: o["metadata"]["uid"] != old["metadata"]["uid"])
+    assert new["data"]["tls.key"] != old["data"]["tls.key"]
+    assert new["data"]["ca.crt"] == old["data"]["ca.crt"]
+    assert netprobe.child("ConfigMap", "netprobe-drift-cert-ca")["data"] == ca["data"]
 
 
 def test_hand_edits_are_reverted_but_foreign_fields_kept(netprobe, probes):
@@ -257,10 +281,12 @@ def test_disabling_a_part_prunes_it(netprobe, monitoring_crds, probes):
     body = probes("prune", pool_spec(netprobe, 9625))
     netprobe.wait_child("ServiceMonitor", "netprobe-prune")
     netprobe.wait_child("ConfigMap", "netprobe-prune-dashboard-overview")
+    netprobe.wait_child("Secret", "netprobe-prune-tls")
     body["spec"]["serviceMonitor"] = {"enabled": False}
     body["spec"]["dashboards"] = {"enabled": False}
+    body["spec"]["agent"]["secureMetrics"] = False
     netprobe.apply_probe(body)
-    netprobe.wait("ServiceMonitor and dashboards pruned", lambda: {
+    netprobe.wait("ServiceMonitor, dashboards and certificates pruned", lambda: {
         (o["kind"], o["metadata"]["name"]) for o in netprobe.children("prune")} == {
         ("ConfigMap", "netprobe-prune"), ("Service", "netprobe-prune"),
         ("DaemonSet", "netprobe-prune"), ("PrometheusRule", "netprobe-prune")})
@@ -269,7 +295,7 @@ def test_disabling_a_part_prunes_it(netprobe, monitoring_crds, probes):
 def test_probe_deletion_removes_everything(netprobe, monitoring_crds):
     netprobe.apply_probe({"apiVersion": "netprobe.io/v1alpha1", "kind": "NetworkProbe",
                           "metadata": {"name": "short-lived"}, "spec": pool_spec(netprobe, 9631)})
-    netprobe.wait("seven objects", lambda: len(netprobe.children("short-lived")) == 7)
+    netprobe.wait("ten objects", lambda: len(netprobe.children("short-lived")) == 10)
     netprobe.mark_agents_ready("short-lived")
     netprobe.kubectl("delete", "networkprobe", "short-lived", "--wait=true")  # no finalizer holds it
     netprobe.wait("garbage collection of every object and agent pod",

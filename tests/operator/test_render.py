@@ -34,6 +34,7 @@ def test_full_set_in_apply_order(render_probe):
     rendered = render_probe({"programs": ALL_IMPLEMENTED})
     kinds = [(m["kind"], m["metadata"]["name"]) for m in rendered.manifests]
     assert kinds == [
+        ("Secret", "netprobe-demo-ca"), ("Secret", "netprobe-demo-tls"), ("ConfigMap", "netprobe-demo-ca"),
         ("ConfigMap", "netprobe-demo"), ("Service", "netprobe-demo"), ("DaemonSet", "netprobe-demo"),
         ("ServiceMonitor", "netprobe-demo"), ("PrometheusRule", "netprobe-demo"),
         ("ConfigMap", "netprobe-demo-dashboard-overview"), ("ConfigMap", "netprobe-demo-dashboard-agents"),
@@ -184,7 +185,8 @@ def test_user_labels_cannot_replace_the_operators_own(render_probe):
 
 def test_disabled_parts_are_not_rendered(render_probe):
     rendered = render_probe({"programs": [{"name": "tcp_rtt"}], "serviceMonitor": {"enabled": False},
-                             "prometheusRule": {"enabled": False}, "dashboards": {"enabled": False}})
+                             "prometheusRule": {"enabled": False}, "dashboards": {"enabled": False},
+                             "agent": {"secureMetrics": False}})
     assert [m["kind"] for m in rendered.manifests] == ["ConfigMap", "Service", "DaemonSet"]
 
 
@@ -229,3 +231,71 @@ def test_hostile_strings_stay_values(render_probe):
     container = rendered.one("DaemonSet")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "img:1\"\n  privileged: true"
     assert container["securityContext"]["privileged"] is False
+
+
+# --- securing /metrics (issue 15) ---------------------------------------------
+
+
+def _b64(data: str) -> bytes:
+    import base64
+    return base64.b64decode(data)
+
+
+def test_secure_metrics_by_default(render_probe, certificates):
+    rendered = render_probe({"programs": [{"name": "tcp_rtt"}], "agent": {"metricsPort": 9440}})
+    ca_secret = rendered.one("Secret", "netprobe-demo-ca")
+    assert ca_secret["type"] == "Opaque" and set(ca_secret["data"]) == {"ca.crt", "ca.key"}
+    assert _b64(ca_secret["data"]["ca.key"]) == certificates.ca_key
+    tls = rendered.one("Secret", "netprobe-demo-tls")
+    assert tls["type"] == "kubernetes.io/tls" and set(tls["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert _b64(tls["data"]["tls.crt"]) == certificates.cert
+    assert rendered.one("ConfigMap", "netprobe-demo-ca")["data"] == {"ca.crt": certificates.ca_cert.decode()}
+    # the agent: the certificate mounted read-only, no key of the CA anywhere near it
+    pod = rendered.one("DaemonSet")["spec"]["template"]["spec"]
+    tls_volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert tls_volume["secret"]["secretName"] == "netprobe-demo-tls"
+    assert {i["key"] for i in tls_volume["secret"]["items"]} == {"tls.crt", "tls.key"}
+    assert "netprobe-demo-ca" not in json.dumps(pod)
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls")
+    assert mount == {"name": "tls", "mountPath": "/etc/netprobe-tls", "readOnly": True}
+    # probes stay plain HTTP on the metrics port
+    assert pod["containers"][0]["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    config = agent_config.parse_config(rendered.one("ConfigMap", "netprobe-demo")["data"]["agent.yaml"])
+    assert config.tls == agent_config.TLSConfig("/etc/netprobe-tls/tls.crt", "/etc/netprobe-tls/tls.key")
+    assert config.authorization == agent_config.AuthorizationConfig(cache_seconds=30.0)
+    (endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {"ca": {"configMap": {"name": "netprobe-demo-ca", "key": "ca.crt"}},
+                                     "serverName": "netprobe-demo.netprobe-system.svc"}
+
+
+def test_the_certificate_names_what_the_servicemonitor_checks(render_probe):
+    from cryptography import x509
+    rendered = render_probe({"programs": [{"name": "tcp_rtt"}]})
+    cert = x509.load_pem_x509_certificate(_b64(rendered.one("Secret", "netprobe-demo-tls")["data"]["tls.crt"]))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    (endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"]["serverName"] in names.get_values_for_type(x509.DNSName)
+
+
+def test_secure_metrics_off_is_plain_http(render_probe):
+    rendered = render_probe({"programs": [{"name": "tcp_rtt"}], "agent": {"secureMetrics": False}})
+    assert rendered.by_kind("Secret") == [] and rendered.find("ConfigMap", "netprobe-system", "netprobe-demo-ca") is None
+    config = agent_config.parse_config(rendered.one("ConfigMap", "netprobe-demo")["data"]["agent.yaml"])
+    assert config.tls is None and config.authorization is None
+    (endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in endpoint and "tlsConfig" not in endpoint and "bearerTokenFile" not in endpoint
+    pod = rendered.one("DaemonSet")["spec"]["template"]["spec"]
+    assert "tls" not in {v["name"] for v in pod["volumes"]}
+    # switching it rolls the pods (the volume changes), since the agent is reconfigured anyway
+    secure = render_probe({"programs": [{"name": "tcp_rtt"}]}).one("DaemonSet")["spec"]["template"]
+    assert secure != rendered.one("DaemonSet")["spec"]["template"]
+
+
+def test_secure_metrics_without_certificates_is_a_bug_not_a_plain_endpoint(operator_settings):
+    from netprobe_operator import render
+    import crd_schema
+    probe = render.Probe("demo", "u", crd_schema.defaulted_spec({"programs": [{"name": "tcp_rtt"}]}))
+    with pytest.raises(ValueError, match="secureMetrics needs the probe's certificates"):
+        render.render(probe, operator_settings)

@@ -148,19 +148,28 @@ def test_doctor_fails_when_nothing_can_load():
 
 # ---------------------------------------------------------------- static resolver reload
 
+def _replace(path, text):
+    """Swap the file's content at once, as a ConfigMap volume update does: a
+    write_text truncates first, and a poll in between reads an empty file
+    (a valid, empty mapping)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def test_static_resolver_follows_its_file_and_keeps_the_last_good_one(tmp_path):
     path = tmp_path / "pods.yaml"
-    path.write_text("pods: [{namespace: shop, pod: cart-7, ips: [10.1.0.2]}]\n")
+    _replace(path, "pods: [{namespace: shop, pod: cart-7, ips: [10.1.0.2]}]\n")
     r = StaticResolver(str(path), poll_seconds=0.05)
     r.start()
     try:
         assert r.lookup(normalize_ip("10.1.0.2")) == PodRef("shop", "cart-7")
-        path.write_text("pods: [{namespace: shop, pod: cart-8, ips: [10.1.0.2]}]\n")
+        _replace(path, "pods: [{namespace: shop, pod: cart-8, ips: [10.1.0.2]}]\n")
         deadline = time.monotonic() + 5
         while r.lookup(normalize_ip("10.1.0.2")).pod != "cart-8":
             assert time.monotonic() < deadline, "new file not picked up"
             time.sleep(0.05)
-        path.write_text("pods: [{namespace: shop}]\n")
+        _replace(path, "pods: [{namespace: shop}]\n")
         deadline = time.monotonic() + 5
         while r._reload_errors == 0:
             assert time.monotonic() < deadline, "bad file not noticed"

@@ -35,8 +35,7 @@
  */
 #include "netprobe.h"
 
-#define ERR_RETRANSMITS 0
-#define ERR_SEGMENTS 1
+/* ERR_* (np_map_errors slots) come from node_agent/programs/tcp_retransmit.py as -D constants. */
 
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmits, NP_MAX_ENTRIES);
 /* Declared in both attach modes (the collector reads it); empty unless
@@ -91,7 +90,7 @@ static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_seg
     if (count)
         *count += segments;
     else
-        np_map_error(ERR_SEGMENTS);
+        np_map_error(ERR_SEGMENTS_SENT);
 }
 
 /* What both hooks read from the sk_buff, in one read of the window from the

@@ -81,7 +81,7 @@ class Agent:
             raise StartupError(f"listen: cannot serve on {self.config.listen}: {e.strerror or e}") from None
         log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz"}})
         self.state.configured = dict(self.config.programs)
-        self.manager.apply(self.config.programs)
+        self.manager.apply(self.config.configured())
         release_compiler_memory()
         self._started = True
         loaded = {i.name: i.attach for i in self.manager.running()}
@@ -146,7 +146,7 @@ class Agent:
             old.stop()
         self._apply_labels(new)
         self.state.configured = dict(new.programs)
-        self.manager.apply(new.programs)
+        self.manager.apply(new.configured())
         release_compiler_memory()
         self.config = new
         self.state.config_reloads += 1

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from node_agent.programs import CATALOGUE
+from node_agent.runtime.spec import ProgramSpec
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ALWAYS_LABELS = ("namespace", "pod")
@@ -49,6 +50,10 @@ class AgentConfig:
     resolver: StaticResolverConfig | KubernetesResolverConfig
     programs: dict[str, dict[str, Any]] = field(default_factory=dict)   # name -> full options
     digest: str = ""                        # of the file's bytes
+
+    def configured(self) -> dict[str, tuple[ProgramSpec, dict[str, Any]]]:
+        """What the runtime runs: each program's description with its options."""
+        return {name: (CATALOGUE[name], options) for name, options in self.programs.items()}
 
     @property
     def listen(self) -> str:

@@ -17,10 +17,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from node_agent.metrics.exposition import Family, HistogramFamily, ScalarFamily
 from node_agent.metrics.histogram import bucket_labels, cumulative_counts
-from node_agent.metrics.keys import decode_key
+from node_agent.metrics.keys import labeler, slot_index
 from node_agent.metrics.labels import LabelScope, NodeAddresses
 from node_agent.programs import CATALOGUE
 from node_agent.runtime.instance import ProgramInstance
+from node_agent.runtime.keys import KeyFields
 from node_agent.runtime.manager import ProgramManager
 from node_agent.runtime.spec import Metric as MetricSpec
 
@@ -158,37 +159,36 @@ class AgentCollector:
         if scope is None:
             return families
         for m in spec.metrics:
-            label_names = list(self.state.labels) + list(m.extra_labels)
-            family = self._family(m, label_names)
+            family = self._family(m, self.label_names(m))
             if m.kind == "histogram":
-                self._add_histogram(family, m, maps[m.map], scope)
+                self._add_histogram(family, m, maps[m.map], inst.keys[m.map], scope)
             else:
-                self._add_scalar(family, m, maps[m.map], scope)
+                self._add_scalar(family, m, maps[m.map], inst.keys[m.map], scope)
             families.append(family)
         return families
 
-    def _extra(self, m: MetricSpec, code: int | None) -> tuple[str, ...]:
-        if not m.code_label:
-            return ()
-        return (m.code_values.get(code, str(code)),)
+    def label_names(self, m: MetricSpec) -> list[str]:
+        """The identity labels (when the key holds an address pair), then the key's own."""
+        return (list(self.state.labels) if m.pods else []) + list(m.extra_labels)
 
-    def _add_scalar(self, family: ScalarFamily, m: MetricSpec, entries, scope: LabelScope) -> None:
+    def _add_scalar(self, family: ScalarFamily, m: MetricSpec, entries, key: KeyFields, scope: LabelScope) -> None:
         totals: dict[tuple[str, ...], int] = defaultdict(int)
+        labels, unpack, field = labeler(m, key, scope), key.unpack, m.value_field
         for raw, value in entries:
-            key = decode_key(raw, m.key)
-            totals[scope.labels(key.local, key.remote) + self._extra(m, key.code)] += \
-                value[m.value_field] if m.value_field else value
+            totals[labels(unpack(raw))] += value[field] if field else value
         if m.signed:   # per-CPU s64 parts may be read as u64 by some paths
             totals = {labels: (v + (1 << 63)) % (1 << 64) - (1 << 63) for labels, v in totals.items()}
         family.rows.update(totals)
 
-    def _add_histogram(self, family: HistogramFamily, m: MetricSpec, entries, scope: LabelScope) -> None:
+    def _add_histogram(self, family: HistogramFamily, m: MetricSpec, entries, key: KeyFields,
+                       scope: LabelScope) -> None:
         slots: dict[tuple[str, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         sums: dict[tuple[str, ...], int] = defaultdict(int)
+        labeled, unpack, slot = labeler(m, key, scope), key.unpack, slot_index(m, key)
         for raw, value in entries:
-            key = decode_key(raw, m.key)
-            labels = scope.labels(key.local, key.remote) + self._extra(m, key.code)
-            slots[labels][key.slot] += value["count"]
+            fields = unpack(raw)
+            labels = labeled(fields)
+            slots[labels][fields[slot]] += value["count"]
             sums[labels] += value["sum"]
         first, last = m.bucket_slots
         for labels, by_slot in slots.items():

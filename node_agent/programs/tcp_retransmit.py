@@ -6,7 +6,7 @@ is the retransmit ratio. Counting segments sent needs net:net_dev_start_xmit
 count_segments: false) the program runs with retransmits only, as attach mode
 `retransmits_only`.
 """
-from node_agent.runtime.spec import (PAIR_KEY, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
+from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
                                      ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
 
 RETRANSMITS = Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit")
@@ -48,14 +48,14 @@ SPEC = ProgramSpec(
     metrics=(
         Metric("netprobe_tcp_retransmits_total", "counter",
                "TCP segments retransmitted by sockets of this pod, by peer.",
-               map="retransmits", key=PAIR_KEY),
+               map="retransmits", key=(PODS,)),
         Metric("netprobe_tcp_segments_sent_total", "counter",
                "TCP segments sent by this pod, by peer, retransmissions and pure ACKs included "
                "(like the kernel's Tcp OutSegs); the denominator of the retransmit ratio.",
-               map="segments_sent", key=PAIR_KEY),
+               map="segments_sent", key=(PODS,)),
     ),
     maps=(MapInfo("retransmits"), MapInfo("segments_sent")),
-    map_error_slots={0: "retransmits", 1: "segments_sent"},
+    map_errors=("retransmits", "segments_sent"),
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),
         **SKB_NETWORK_HEADER_OFFSETS,

@@ -16,6 +16,7 @@ import jinja2
 import yaml
 
 from . import settings as s
+from .program_schema import agent_options
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("netprobe_operator", "templates"),
@@ -40,6 +41,7 @@ def _overlay(base: Mapping | None, top: Mapping) -> dict:
 
 
 TEMPLATES.filters["overlay"] = _overlay
+TEMPLATES.filters["agent_options"] = agent_options
 
 # Capabilities of the agent container (docs/agent.md lists why each is needed).
 AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")

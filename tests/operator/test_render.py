@@ -15,9 +15,8 @@ from node_agent.programs import CATALOGUE as AGENT_CATALOGUE
 from crd_schema import non_default
 
 REPO = Path(__file__).resolve().parents[2]
-ALL_IMPLEMENTED = [{"name": "rx_latency", "attach": "tracepoint", "maxEntries": 4096},
-                   {"name": "tcp_retransmit"}, {"name": "tcp_connections", "maxEntries": 65536},
-                   {"name": "tcp_rtt"}]
+SOME_OPTIONS = {"rx_latency": {"attach": "tracepoint", "maxEntries": 4096}, "tcp_connections": {"maxEntries": 65536}}
+ALL_IMPLEMENTED = [{"name": name, **SOME_OPTIONS.get(name, {})} for name in AGENT_CATALOGUE]
 
 
 def test_full_set_in_apply_order(render_probe):
@@ -57,7 +56,7 @@ def test_agent_config_is_accepted_by_the_agent(render_probe):
     assert parsed.listen_port == 9500 and parsed.log_level == "debug"
     assert set(parsed.labels) == {"namespace", "pod", "workload", "peer_pod"}
     assert parsed.resolver == agent_config.KubernetesResolverConfig("cluster", 120.0)
-    assert set(parsed.programs) == {"rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt"}
+    assert set(parsed.programs) == set(AGENT_CATALOGUE)
     assert parsed.programs["rx_latency"]["attach"] == "tracepoint"
     assert parsed.programs["rx_latency"]["max_entries"] == 4096
     assert parsed.programs["tcp_connections"]["max_entries"] == 65536

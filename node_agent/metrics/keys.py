@@ -20,7 +20,7 @@ def labeler(m: Metric, key: KeyFields, scope: LabelScope) -> Callable[[tuple], t
     extras = []
     for d in m.key:
         if isinstance(d, Code):
-            extras.append((key.index(d.field), d.values))
+            extras.append((key.index(d.field), d.values() if callable(d.values) else d.values))
         elif isinstance(d, Number):
             extras.append((key.index(d.field), {}))
     pods = m.pods

@@ -115,10 +115,12 @@ class Pods:
 class Code:
     """An integer code -> a label, through `values`; a code not in it shows as
     its number. With `define`, each value reaches the C code as -D<define>_<NAME>=<code>
-    (e.g. DIR_OUTBOUND=1), so the numbers are written only here."""
+    (e.g. DIR_OUTBOUND=1), so the numbers are written only here. `values` may
+    also be a function returning the mapping (called at each scrape: cache it),
+    for codes the running kernel defines, e.g. enum skb_drop_reason from BTF."""
     field: str
     label: str
-    values: dict[int, str]
+    values: dict[int, str] | Callable[[], dict[int, str]]
     define: str | None = None
 
     @property
@@ -253,7 +255,7 @@ class ProgramSpec:
             out[f"ERR_{name.upper()}"] = index
         for m in self.metrics:
             for d in m.key:
-                if isinstance(d, Code) and d.define:
+                if isinstance(d, Code) and d.define and not callable(d.values):
                     for code, name in d.values.items():
                         define = f"{d.define}_{name.upper()}"
                         if out.setdefault(define, code) != code:

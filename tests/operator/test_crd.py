@@ -104,3 +104,19 @@ def test_the_operator_does_not_import_bcc():
             "print(loaded); sys.exit(1 if loaded else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bounds_and_choices_narrower_than_the_field_become_per_program_rules():
+    from netprobe_operator.program_schema import _option_schema, _rules
+    from node_agent.runtime.spec import Option
+    pairs = [("tcp_rtt", Option("max_entries", int, 100, "size", min=64, max=1024)),
+             ("rx_latency", Option("max_entries", int, 100, "size", min=16, max=1024)),
+             ("tcp_connections", Option("max_entries", int, 100, "size", min=16, max=4096))]
+    schema = _option_schema("max_entries", pairs)
+    assert (schema["minimum"], schema["maximum"]) == (16, 4096)
+    rules = {r["rule"]: r for r in _rules("max_entries", pairs, schema)}
+    assert rules["self.name != 'tcp_rtt' || !has(self.maxEntries) || "
+                 "(self.maxEntries >= 64 && self.maxEntries <= 1024)"]["fieldPath"] == ".maxEntries"
+    assert "self.name != 'rx_latency' || !has(self.maxEntries) || (self.maxEntries <= 1024)" in rules
+    assert "!has(self.maxEntries) || self.name in ['tcp_rtt', 'rx_latency', 'tcp_connections']" in rules
+    assert not any("'tcp_connections' ||" in r for r in rules)

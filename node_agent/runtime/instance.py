@@ -123,7 +123,7 @@ class ProgramInstance:
         try:
             flags = compile_flags(self.spec, self.options, strategy)
             text = program_source(self.spec)
-        except (BTFError, OSError) as e:
+        except (BTFError, OSError, ValueError) as e:   # ValueError: a description whose constants clash
             raise ProgramError(self.name, "config", str(e)) from e
 
         try:

@@ -41,7 +41,9 @@ SPEC = ProgramSpec(
         attach_option("net_dev_start_xmit for segments sent"),
         Option("count_segments", bool, True,
                "also count every TCP segment sent (netprobe_tcp_segments_sent_total, the ratio's "
-               "denominator); one more tracepoint program that runs for every transmitted packet"),
+               "denominator); one more tracepoint program that runs for every transmitted packet. "
+               "false (or a kernel without net:net_dev_start_xmit): retransmits only, attach mode "
+               "retransmits_only"),
     ),
     strategies=(SEGMENTS_RAW, SEGMENTS_TRACEPOINT, RETRANSMITS_ONLY),
     choose_strategies=_strategies,

@@ -420,7 +420,10 @@ def test_refused_object_applies_nothing_until_rbac_allows_it(netprobe, probes):
 def test_kubectl_explain_teaches_the_api(netprobe):
     text = " ".join(netprobe.kubectl("explain", "networkprobe.spec.programs").stdout.split())
     assert "rx_latency - time a received packet spends in the kernel stack" in text
-    assert "maxEntries" in text and "attach" in text
+    for spec in CATALOGUE.values():      # every option of every program, with its default
+        for option in spec.options:
+            assert crd_field(option.name) in text, option.name
+    assert "Default: tcp_retransmit 8192" in text
 
 
 def test_operator_restart_resumes_without_churn_and_watches_monitoring_children(

@@ -3,10 +3,14 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 
-.PHONY: setup demo test test-agent test-cluster e2e bench controlplane cluster-up cluster-down lint clean
+.PHONY: setup generate demo test test-agent test-cluster e2e bench controlplane cluster-up cluster-down lint clean
 
 setup:
 	@bash hack/setup.sh
+
+## Files derived from the agent's program catalogue: the CRD and the options table of docs/agent-config.md.
+generate: setup
+	$(PY) -m netprobe_operator.crdgen
 
 ## The local demo: network namespaces as pods, the agent, traffic, a live summary.
 demo: setup

@@ -24,6 +24,7 @@ from bench.resolver_memory import OWN_NODE, create_pods
 from netprobe_testbed.cluster import ControlPlane
 from netprobe_testbed.polling import wait_for
 from netprobe_testbed.prometheus import free_port
+from node_agent.programs import CATALOGUE
 
 TARGET_MIB = 250
 
@@ -40,7 +41,7 @@ def run_agent(kubeconfig: str, peers: str, workdir: Path, expected_pods: int) ->
         "node_name": OWN_NODE,
         "labels": ["namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload"],
         "resolver": {"kubernetes": {"peers": peers}},
-        "programs": {p: {} for p in ("tcp_retransmit", "tcp_connections", "tcp_rtt", "rx_latency")},
+        "programs": {p: {} for p in CATALOGUE},
     }
     path = workdir / f"agent-{peers}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -12,8 +12,11 @@
  *    observation; user space adds the sums of all slots.
  *  - A failed map update is never silent: it increments np_map_errors[index].
  *
- * Compile-time constants come from the program's options (-D on the BCC
- * command line): NP_MAX_ENTRIES and the program's own.
+ * Compile-time constants come from the program's description (-D on the BCC
+ * command line): its options (NP_MAX_ENTRIES and the program's own), its
+ * np_map_errors slots (ERR_*), the codes of its key fields (e.g. DIR_*), and
+ * kernel struct offsets read from BTF (OFF_*). Key structs are read back by
+ * field name (node_agent/runtime/keys.py): fields named pad* are padding.
  */
 #ifndef NETPROBE_H
 #define NETPROBE_H
@@ -41,7 +44,9 @@ struct np_hist_value {
     u64 sum;                    /* of the observed values, in the histogram's unit */
 };
 
-/* Failed updates per map (index chosen by the program, named in its description). */
+/* Failed updates per map, and discarded events: the slots are named in the
+ * program's description (map_errors, discards) and reach the C code as
+ * ERR_<NAME> constants, with NP_MAP_ERROR_SLOTS their count. */
 BPF_PERCPU_ARRAY(np_map_errors, u64, NP_MAP_ERROR_SLOTS);
 
 static __always_inline void np_map_error(u32 index)

@@ -45,9 +45,9 @@
 
 #define NP_IPPROTO_UDP 17
 
-#define ERR_LATENCY 0
-#define ERR_UNMATCHED 1         /* discarded ends: no start for this packet (address or identity) */
-#define ERR_STALE 2             /* discarded ends: start too old, skb address reused */
+/* ERR_* (np_map_errors slots) come from node_agent/programs/rx_latency.py as -D
+ * constants: ERR_LATENCY_NS, and the discarded ends ERR_UNMATCHED (no start for
+ * this packet) and ERR_STALE (start too old, skb address reused). */
 
 struct latency_key {
     struct np_addr_pair pair;   /* local = packet destination, remote = source */
@@ -208,7 +208,7 @@ static __always_inline void rx_end(u64 skb)
         bucket->count++;
         bucket->sum += delta;
     } else {
-        np_map_error(ERR_LATENCY);
+        np_map_error(ERR_LATENCY_NS);
     }
 }
 

@@ -13,7 +13,7 @@
  * closed and active share one value (struct conn_counts) per key. Connections
  * opened before the program was loaded are not counted at all, so
  * opened - closed == active exactly. A socket that cannot be remembered
- * (np_sockets full) is counted in opened and in np_map_errors[ERR_SOCKETS],
+ * (np_sockets full) is counted in opened and in np_map_errors[ERR_NP_SOCKETS],
  * never in active.
  */
 #include "netprobe.h"
@@ -27,15 +27,9 @@ enum sk_rst_reason { NP_SK_RST_REASON_UNUSED };
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
 
-#define DIR_OUTBOUND 1          /* connections; resets use DIR_SENT / DIR_RECEIVED */
-#define DIR_INBOUND 2
-#define DIR_SENT 1
-#define DIR_RECEIVED 2
-
-#define ERR_SOCKETS 0
-#define ERR_CONNECTIONS 1
-#define ERR_DURATION 2
-#define ERR_RESETS 3
+/* DIR_* (DIR_OUTBOUND, DIR_INBOUND for connections; DIR_SENT, DIR_RECEIVED for
+ * resets) and ERR_* (np_map_errors slots) come from
+ * node_agent/programs/tcp_connections.py as -D constants. */
 
 struct conn_key {
     struct np_addr_pair pair;
@@ -88,7 +82,7 @@ static __always_inline void observe_duration(struct conn_key *conn, u64 lived_us
         bucket->count++;
         bucket->sum += lived_us;
     } else {
-        np_map_error(ERR_DURATION);
+        np_map_error(ERR_DURATION_US);
     }
 }
 
@@ -115,7 +109,7 @@ static __always_inline void connection_established(u64 sk, int oldstate, const s
         if (counts)
             counts->active++;
     } else {
-        np_map_error(ERR_SOCKETS);
+        np_map_error(ERR_NP_SOCKETS);
     }
 }
 

@@ -60,9 +60,7 @@
  * compile where the record lacks it. */
 #define NP_RETRANSMIT_HAS_ERR (OFF_TP_RETRANSMIT_END >= OFF_TP_RETRANSMIT_DADDR_V6 + 16 + 4)
 
-#define ERR_RETRANSMITS 0
-#define ERR_SEGMENTS 1
-#define ERR_EVENTS 2
+/* ERR_* (np_map_errors slots) come from node_agent/programs/tcp_retransmit.py as -D constants. */
 
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmits, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmit_events, NP_MAX_ENTRIES);
@@ -82,7 +80,7 @@ static __always_inline void count_retransmission(struct np_addr_pair *key, u64 s
     if (events)
         (*events)++;
     else
-        np_map_error(ERR_EVENTS);
+        np_map_error(ERR_RETRANSMIT_EVENTS);
 }
 
 int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
@@ -154,7 +152,7 @@ static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_seg
     if (count)
         *count += segments;
     else
-        np_map_error(ERR_SEGMENTS);
+        np_map_error(ERR_SEGMENTS_SENT);
 }
 
 /* What both hooks read from the sk_buff, in one read of the window from the

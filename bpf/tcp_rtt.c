@@ -15,7 +15,7 @@
  */
 #include "netprobe.h"
 
-#define ERR_RTT 0
+/* ERR_* (np_map_errors slots) come from node_agent/programs/tcp_rtt.py as -D constants. */
 
 struct rtt_key {
     struct np_addr_pair pair;
@@ -52,7 +52,7 @@ static __always_inline void rtt_observe(struct rtt_key *key, u64 srtt)
         bucket->count++;
         bucket->sum += srtt;
     } else {
-        np_map_error(ERR_RTT);
+        np_map_error(ERR_RTT_US);
     }
 }
 

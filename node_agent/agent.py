@@ -87,7 +87,7 @@ class Agent:
         log.info("serving", extra={"kv": {"listen": self.config.listen, "paths": "/metrics,/healthz,/readyz",
                                           **self._security_kv(self.config)}})
         self.state.configured = dict(self.config.programs)
-        self.manager.apply(self.config.programs)
+        self.manager.apply(self.config.configured())
         release_compiler_memory()
         self._started = True
         loaded = {i.name: i.attach for i in self.manager.running()}
@@ -183,7 +183,7 @@ class Agent:
             log.info("metrics endpoint security changed", extra={"kv": self._security_kv(new)})
         self._apply_labels(new)
         self.state.configured = dict(new.programs)
-        self.manager.apply(new.programs)
+        self.manager.apply(new.configured())
         release_compiler_memory()
         self.config = new
         self.state.config_reloads += 1

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from node_agent.programs import CATALOGUE
+from node_agent.runtime.spec import ProgramSpec
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ALWAYS_LABELS = ("namespace", "pod")
@@ -63,6 +64,10 @@ class AgentConfig:
     digest: str = ""                        # of the file's bytes
     tls: TLSConfig | None = None            # /metrics over HTTPS
     authorization: AuthorizationConfig | None = None   # bearer token -> TokenReview + SubjectAccessReview
+
+    def configured(self) -> dict[str, tuple[ProgramSpec, dict[str, Any]]]:
+        """What the runtime runs: each program's description with its options."""
+        return {name: (CATALOGUE[name], options) for name, options in self.programs.items()}
 
     @property
     def listen(self) -> str:

@@ -42,9 +42,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from netprobe_testbed.netns import Lab
+from node_agent.programs import CATALOGUE
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
-ALL_PROGRAMS = ("tcp_retransmit", "tcp_connections", "tcp_rtt", "rx_latency")
+ALL_PROGRAMS = tuple(CATALOGUE)    # every program of the agent's catalogue
 ALL_LABELS = ("namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload")
 ECHO_PORT = 8080
 LAB_PREFIX = "npd"  # netns npd<slot>-<pod>, bridge npdbr<slot>: distinct from test labs

@@ -16,12 +16,14 @@ from collections import defaultdict
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from node_agent.logs import OnceLog
+from node_agent.metrics.agent_metrics import AGENT_METRICS
 from node_agent.metrics.exposition import Family, HistogramFamily, ScalarFamily
 from node_agent.metrics.histogram import bucket_labels, cumulative_counts
-from node_agent.metrics.keys import decode_key
+from node_agent.metrics.keys import labeler, slot_index
 from node_agent.metrics.labels import LabelScope, NodeAddresses
 from node_agent.programs import CATALOGUE
 from node_agent.runtime.instance import ProgramInstance
+from node_agent.runtime.keys import KeyFields
 from node_agent.runtime.manager import ProgramManager
 from node_agent.runtime.spec import Metric as MetricSpec
 
@@ -58,6 +60,13 @@ def read_map(table) -> list[tuple[bytes, object]]:
     return out
 
 
+def agent_family(name: str, help: str) -> Metric:
+    """One of the agent's own families, typed and labelled as AGENT_METRICS declares it."""
+    kind, labels = AGENT_METRICS[name]
+    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+    return cls(name, help, labels=list(labels))
+
+
 class AgentState:
     """What the collector reports about the agent itself (set by the Agent)."""
 
@@ -87,7 +96,7 @@ class AgentCollector:
         for spec in CATALOGUE.values():
             for m in spec.metrics:
                 yield self._family(m, []).to_metric()
-        yield GaugeMetricFamily("netprobe_program_info", "", labels=["program", "attach"])
+        yield agent_family("netprobe_program_info", "")
 
     def collect(self):
         """The registry protocol: every family as a prometheus_client object."""
@@ -120,8 +129,8 @@ class AgentCollector:
                 log.warning("resolver metrics failed", extra={"kv": {"error": str(e)}})
         if self.state.http is not None:
             out += self.state.http.families()
-        duration = GaugeMetricFamily("netprobe_agent_scrape_duration_seconds",
-                                     "Time this agent took to read its maps and build this scrape.")
+        duration = agent_family("netprobe_agent_scrape_duration_seconds",
+                                "Time this agent took to read its maps and build this scrape.")
         duration.add_metric([], time.perf_counter() - started)
         out.append(duration)
         return out
@@ -163,37 +172,36 @@ class AgentCollector:
         if scope is None:
             return families
         for m in spec.metrics:
-            label_names = list(self.state.labels) + list(m.extra_labels)
-            family = self._family(m, label_names)
+            family = self._family(m, self.label_names(m))
             if m.kind == "histogram":
-                self._add_histogram(family, m, maps[m.map], scope)
+                self._add_histogram(family, m, maps[m.map], inst.keys[m.map], scope)
             else:
-                self._add_scalar(family, m, maps[m.map], scope)
+                self._add_scalar(family, m, maps[m.map], inst.keys[m.map], scope)
             families.append(family)
         return families
 
-    def _extra(self, m: MetricSpec, code: int | None) -> tuple[str, ...]:
-        if not m.code_label:
-            return ()
-        return (m.code_values.get(code, str(code)),)
+    def label_names(self, m: MetricSpec) -> list[str]:
+        """The identity labels (when the key holds an address pair), then the key's own."""
+        return (list(self.state.labels) if m.pods else []) + list(m.extra_labels)
 
-    def _add_scalar(self, family: ScalarFamily, m: MetricSpec, entries, scope: LabelScope) -> None:
+    def _add_scalar(self, family: ScalarFamily, m: MetricSpec, entries, key: KeyFields, scope: LabelScope) -> None:
         totals: dict[tuple[str, ...], int] = defaultdict(int)
+        labels, unpack, field = labeler(m, key, scope), key.unpack, m.value_field
         for raw, value in entries:
-            key = decode_key(raw, m.key)
-            totals[scope.labels(key.local, key.remote) + self._extra(m, key.code)] += \
-                value[m.value_field] if m.value_field else value
+            totals[labels(unpack(raw))] += value[field] if field else value
         if m.signed:   # per-CPU s64 parts may be read as u64 by some paths
             totals = {labels: (v + (1 << 63)) % (1 << 64) - (1 << 63) for labels, v in totals.items()}
         family.rows.update(totals)
 
-    def _add_histogram(self, family: HistogramFamily, m: MetricSpec, entries, scope: LabelScope) -> None:
+    def _add_histogram(self, family: HistogramFamily, m: MetricSpec, entries, key: KeyFields,
+                       scope: LabelScope) -> None:
         slots: dict[tuple[str, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         sums: dict[tuple[str, ...], int] = defaultdict(int)
+        labeled, unpack, slot = labeler(m, key, scope), key.unpack, slot_index(m, key)
         for raw, value in entries:
-            key = decode_key(raw, m.key)
-            labels = scope.labels(key.local, key.remote) + self._extra(m, key.code)
-            slots[labels][key.slot] += value["count"]
+            fields = unpack(raw)
+            labels = labeled(fields)
+            slots[labels][fields[slot]] += value["count"]
             sums[labels] += value["sum"]
         first, last = m.bucket_slots
         for labels, by_slot in slots.items():
@@ -206,55 +214,43 @@ class AgentCollector:
 
     # -- the agent's own health ------------------------------------------
     def _self_families(self, instances, map_stats, scope):
-        info = GaugeMetricFamily("netprobe_program_info",
-                                 "1 for each running program, with the attach mode it got.",
-                                 labels=["program", "attach"])
+        info = agent_family("netprobe_program_info", "1 for each running program, with the attach mode it got.")
         for inst in instances:
             info.add_metric([inst.name, inst.attach or ""], 1)
-        up = GaugeMetricFamily("netprobe_program_up",
-                               "1 if a configured program is loaded and attached, 0 if it failed.",
-                               labels=["program"])
+        up = agent_family("netprobe_program_up",
+                          "1 if a configured program is loaded and attached, 0 if it failed.")
         running = {i.name for i in instances}
         for name in self.state.configured:
             up.add_metric([name], 1 if name in running else 0)
-        errors = CounterMetricFamily("netprobe_program_errors_total",
-                                     "Failed attempts to bring a program up, by stage "
-                                     "(config, compile, load, attach).", labels=["program", "stage"])
+        errors = agent_family("netprobe_program_errors_total", "Failed attempts to bring a program up, by stage "
+                              "(config, compile, load, attach).")
         counted = dict(self.manager.errors)
         for name in sorted(set(self.state.configured) | {p for p, _ in counted}):
             for stage in STAGES:
                 errors.add_metric([name, stage], counted.get((name, stage), 0))
 
-        entries = GaugeMetricFamily("netprobe_map_entries", "Entries in a program's BPF map.",
-                                    labels=["program", "map"])
-        capacity = GaugeMetricFamily("netprobe_map_max_entries", "Size of a program's BPF map.",
-                                     labels=["program", "map"])
-        fill = GaugeMetricFamily("netprobe_map_fill_ratio",
-                                 "Entries / size of a program's BPF map; near 1, raise max_entries.",
-                                 labels=["program", "map"])
+        entries = agent_family("netprobe_map_entries", "Entries in a program's BPF map.")
+        capacity = agent_family("netprobe_map_max_entries", "Size of a program's BPF map.")
+        fill = agent_family("netprobe_map_fill_ratio",
+                            "Entries / size of a program's BPF map; near 1, raise max_entries.")
         for program, name, n, size in map_stats:
             entries.add_metric([program, name], n)
             capacity.add_metric([program, name], size)
             fill.add_metric([program, name], n / size if size else 0)
-        evictions = CounterMetricFamily(
-            "netprobe_map_evictions_total",
-            "Keys of an LRU map that disappeared between two scrapes (evicted because the map was "
-            "full; their counts are lost). A lower bound.", labels=["program", "map"])
+        evictions = agent_family("netprobe_map_evictions_total",
+                                 "Keys of an LRU map that disappeared between two scrapes (evicted because the map was "
+                                 "full; their counts are lost). A lower bound.")
         for (program, name), n in sorted(self._evictions.items()):
             evictions.add_metric([program, name], n)
 
-        failures = CounterMetricFamily(
-            "netprobe_map_update_failures_total",
-            "Map updates that failed in the kernel (map full): events that could not be counted.",
-            labels=["program", "map"])
-        discarded = CounterMetricFamily(
-            "netprobe_program_discarded_events_total",
-            "Events a program saw but did not count, by reason.", labels=["program", "reason"])
-        missed = CounterMetricFamily(
-            "netprobe_program_missed_runs_total",
-            "Events the kernel did not run a program for: a program on a (plain) tracepoint is "
-            "skipped while another tracing BPF program runs on the same CPU. These events are "
-            "not counted.", labels=["program", "hook"])
+        failures = agent_family("netprobe_map_update_failures_total",
+                                "Map updates that failed in the kernel (map full): events that could not be counted.")
+        discarded = agent_family("netprobe_program_discarded_events_total",
+                                 "Events a program saw but did not count, by reason.")
+        missed = agent_family("netprobe_program_missed_runs_total",
+                              "Events the kernel did not run a program for: a program on a (plain) tracepoint is "
+                              "skipped while another tracing BPF program runs on the same CPU. These events are "
+                              "not counted.")
         with self.manager.lock:
             for inst in self.manager.running():
                 if inst.bpf is None:
@@ -267,27 +263,23 @@ class AgentCollector:
                 for index, reason in inst.spec.discard_slots.items():
                     discarded.add_metric([inst.name, reason], sum(per_slot[per_slot.Key(index)]))
 
-        scrape_errors = CounterMetricFamily("netprobe_agent_scrape_errors_total",
-                                            "Scrapes in which reading a program's maps failed.",
-                                            labels=["program"])
+        scrape_errors = agent_family("netprobe_agent_scrape_errors_total",
+                                     "Scrapes in which reading a program's maps failed.")
         for name, n in sorted(self.scrape_errors.items()):
             scrape_errors.add_metric([name], n)
-        reloads = CounterMetricFamily("netprobe_agent_config_reloads_total",
-                                      "Changed config files applied without a restart.")
+        reloads = agent_family("netprobe_agent_config_reloads_total",
+                               "Changed config files applied without a restart.")
         reloads.add_metric([], self.state.config_reloads)
-        reload_errors = CounterMetricFamily("netprobe_agent_config_reload_errors_total",
-                                            "Changed config files refused (invalid); the running set was kept.")
+        reload_errors = agent_family("netprobe_agent_config_reload_errors_total",
+                                     "Changed config files refused (invalid); the running set was kept.")
         reload_errors.add_metric([], self.state.config_reload_errors)
-        agent = GaugeMetricFamily("netprobe_agent_info", "The agent's kernel and the headers BCC compiled with.",
-                                  labels=sorted(self.state.info))
-        agent.add_metric([self.state.info[k] for k in sorted(self.state.info)], 1)
+        agent = agent_family("netprobe_agent_info", "The agent's kernel and the headers BCC compiled with.")
+        agent.add_metric([self.state.info.get(k, "") for k in AGENT_METRICS["netprobe_agent_info"][1]], 1)
         families = [info, up, errors, entries, capacity, fill, evictions, failures, discarded, missed,
                     scrape_errors, reloads, reload_errors, agent]
         if scope is not None:
-            unresolved = GaugeMetricFamily(
-                "netprobe_resolver_unresolved_addresses",
-                "Distinct addresses in this scrape that no pod owns (labelled host or external).",
-                labels=["side"])
+            unresolved = agent_family("netprobe_resolver_unresolved_addresses",
+                                      "Distinct addresses in this scrape that no pod owns (labelled host or external).")
             for side, n in scope.unresolved.items():
                 unresolved.add_metric([side], n)
             families.append(unresolved)

@@ -1,22 +1,42 @@
-"""Decoding map keys: the byte layouts of bpf/*.c, described by KeyLayout."""
+"""Map keys to label values, by the decoders a metric's description lists.
+
+The key's fields come from the struct BCC built from the C (runtime/keys.py),
+by name; each decoder of Metric.key turns its fields into labels: the
+address pair into the identity labels (through the scrape's LabelScope), a
+code into its name, a number into its decimal text. The histogram slot is
+not a label: the collector reads it with slot_index().
+"""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable
 
-from node_agent.runtime.spec import KeyLayout
-
-
-class DecodedKey(NamedTuple):
-    local: bytes          # 16 bytes, IPv4 mapped
-    remote: bytes
-    code: int | None      # the enum byte (e.g. direction), if the layout has one
-    slot: int | None      # histogram slot, if any
+from node_agent.metrics.labels import LabelScope
+from node_agent.runtime.keys import KeyFields
+from node_agent.runtime.spec import Code, Metric, Number
 
 
-def decode_key(raw: bytes, layout: KeyLayout) -> DecodedKey:
-    if len(raw) != layout.size:
-        raise ValueError(f"key of {len(raw)} bytes, layout expects {layout.size}")
-    code = raw[layout.code_offset] if layout.code_offset is not None else None
-    slot = (int.from_bytes(raw[layout.slot_offset:layout.slot_offset + 4], "little")
-            if layout.slot_offset is not None else None)
-    return DecodedKey(raw[0:16], raw[16:32], code, slot)
+def labeler(m: Metric, key: KeyFields, scope: LabelScope) -> Callable[[tuple], tuple[str, ...]]:
+    """A function: unpacked key fields -> label values (identity labels, then m.extra_labels)."""
+    extras = []
+    for d in m.key:
+        if isinstance(d, Code):
+            extras.append((key.index(d.field), d.values() if callable(d.values) else d.values))
+        elif isinstance(d, Number):
+            extras.append((key.index(d.field), {}))
+    pods = m.pods
+    if pods is None:
+        return lambda f: tuple(values.get(f[i]) or str(f[i]) for i, values in extras)
+    local, remote, pair = key.index(pods.local), key.index(pods.remote), scope.labels
+    if not extras:
+        return lambda f: pair(f[local], f[remote])
+    if len(extras) == 1:
+        (i, values), = extras
+        get = values.get
+        return lambda f: pair(f[local], f[remote]) + (get(f[i]) or str(f[i]),)
+    return lambda f: pair(f[local], f[remote]) + tuple(values.get(f[i]) or str(f[i]) for i, values in extras)
+
+
+def slot_index(m: Metric, key: KeyFields) -> int:
+    if m.slot is None:
+        raise ValueError(f"{m.name}: a histogram's key needs a Slot")
+    return key.index(m.slot.field)

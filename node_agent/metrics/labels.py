@@ -1,4 +1,4 @@
-"""Addresses in map keys to the label values of DESIGN.md's label model.
+"""Addresses in map keys to the label values of the label model (docs/agent.md, "What each program measures").
 
 The local side of a key is the socket's (or packet's) own address on this
 node: a pod's, else `host`. The remote side is a pod, else `host` if it is an

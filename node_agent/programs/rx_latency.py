@@ -5,10 +5,8 @@ kernels without kprobes net:netif_receive_skb -> skb:skb_copy_datagram_iovec,
 hooked as raw tracepoints (no record built: cheaper) or, failing that, as
 tracepoints.
 """
-from node_agent.runtime.spec import (SKB_NETWORK_HEADER_OFFSETS, Attach, KeyLayout, MapInfo, Metric, Option,
+from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, Attach, MapInfo, Metric, Option,
                                      ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
-
-LATENCY_KEY = KeyLayout(size=40, slot_offset=32)
 
 KPROBE = Strategy("kprobe", (
     Attach("kprobe", "ip_rcv", "np_ip_rcv"),
@@ -43,7 +41,7 @@ SPEC = ProgramSpec(
         attach_option("the receive path (kprobe and the tracepoints measure different spans)", MODES),
         max_entries_option(16384),
         Option("inflight_entries", int, 65536,
-               "slots of the direct-mapped start-time table (24 bytes each); more slots, fewer "
+               "slots of the direct-mapped start-time table (24 bytes each: skb address, packet identity, start time); more slots, fewer "
                "samples lost to another packet taking the slot before the first is read",
                min=1024, max=1 << 22, define="NP_INFLIGHT_ENTRIES"),
         Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
@@ -55,11 +53,11 @@ SPEC = ProgramSpec(
         Metric("netprobe_rx_latency_seconds", "histogram",
                "Time received packets addressed to this pod spent in the kernel, by sender; the "
                "span measured depends on the attach mode (netprobe_program_info).",
-               map="latency_ns", key=LATENCY_KEY, unit_seconds=1e-9, bucket_slots=(8, 30)),
+               map="latency_ns", key=(PODS, SLOT), unit_seconds=1e-9, bucket_slots=(8, 30)),
     ),
     maps=(MapInfo("latency_ns"),),
-    map_error_slots={0: "latency_ns"},
-    discard_slots={1: "unmatched", 2: "stale"},
+    map_errors=("latency_ns",),
+    discards=("unmatched", "stale"),
     # the IP header at the start (skb->data) and at the end (head + network_header)
     btf_offsets={**SKB_NETWORK_HEADER_OFFSETS, "OFF_SKB_DATA": ("sk_buff", "data")},
 )

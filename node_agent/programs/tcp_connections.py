@@ -4,14 +4,15 @@ Hooked as raw tracepoints (socket fields read at BTF offsets; the kernel
 builds no record and never skips them for another tracing program) or,
 failing that, as tracepoints: the same counts either way.
 """
-from node_agent.runtime.spec import (SKB_NETWORK_HEADER_OFFSETS, SOCK_ADDRESS_OFFSETS, Attach, KeyLayout, MapInfo,
-                                     Metric, ProgramSpec, Strategy, attach_modes, attach_option,
+from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, SOCK_ADDRESS_OFFSETS, Attach, Code,
+                                     MapInfo, Metric, ProgramSpec, Strategy, attach_modes, attach_option,
                                      max_entries_option)
 
-CONN_KEY = KeyLayout(size=40, code_offset=32)
-DURATION_KEY = KeyLayout(size=48, code_offset=32, slot_offset=40)
-DIRECTION = {1: "outbound", 2: "inbound"}
-RESET_DIRECTION = {1: "sent", 2: "received"}
+# Which side opened the connection, and which side sent a reset: the C code
+# gets them as DIR_OUTBOUND, DIR_INBOUND, DIR_SENT, DIR_RECEIVED.
+DIRECTION = Code("direction", "direction", {1: "outbound", 2: "inbound"}, define="DIR")
+RESET_DIRECTION = Code("direction", "direction", {1: "sent", 2: "received"}, define="DIR")
+CONN_KEY = (PODS, DIRECTION)
 
 SPEC = ProgramSpec(
     name="tcp_connections",
@@ -39,24 +40,24 @@ SPEC = ProgramSpec(
         Metric("netprobe_tcp_connections_opened_total", "counter",
                "TCP connections of this pod that reached ESTABLISHED: outbound (it connected) "
                "or inbound (it accepted), by peer.",
-               map="connections", value_field="opened", key=CONN_KEY, code_label="direction", code_values=DIRECTION),
+               map="connections", value_field="opened", key=CONN_KEY),
         Metric("netprobe_tcp_connections_closed_total", "counter",
                "TCP connections of this pod (opened while the agent watched) that closed, by peer.",
-               map="connections", value_field="closed", key=CONN_KEY, code_label="direction", code_values=DIRECTION),
+               map="connections", value_field="closed", key=CONN_KEY),
         Metric("netprobe_tcp_connections_active", "gauge",
                "TCP connections of this pod opened while the agent watched and not closed yet.",
-               map="connections", value_field="active", key=CONN_KEY, code_label="direction", code_values=DIRECTION, signed=True),
+               map="connections", value_field="active", key=CONN_KEY, signed=True),
         Metric("netprobe_tcp_connection_duration_seconds", "histogram",
                "Lifetime of closed TCP connections of this pod, from ESTABLISHED to CLOSE.",
-               map="duration_us", key=DURATION_KEY, code_label="direction", code_values=DIRECTION,
+               map="duration_us", key=(PODS, DIRECTION, SLOT),
                unit_seconds=1e-6, bucket_slots=(7, 32)),
         Metric("netprobe_tcp_resets_total", "counter",
                "TCP resets this pod's sockets sent or received, by peer.",
-               map="resets", key=CONN_KEY, code_label="direction", code_values=RESET_DIRECTION),
+               map="resets", key=(PODS, RESET_DIRECTION)),
     ),
     maps=(
         MapInfo("np_sockets", entries_from_sum_of=("connections", "active"), lru=False),
         MapInfo("connections"), MapInfo("duration_us"), MapInfo("resets"),
     ),
-    map_error_slots={0: "np_sockets", 1: "connections", 2: "duration_us", 3: "resets"},
+    map_errors=("np_sockets", "connections", "duration_us", "resets"),
 )

@@ -6,7 +6,7 @@ is the retransmit ratio, both in segments. Counting segments sent needs net:net_
 count_segments: false) the program runs with retransmits only, as attach mode
 `retransmits_only`.
 """
-from node_agent.runtime.spec import (PAIR_KEY, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
+from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
                                      ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
 
 RETRANSMITS = (Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit"),
@@ -42,7 +42,9 @@ SPEC = ProgramSpec(
         attach_option("net_dev_start_xmit for segments sent"),
         Option("count_segments", bool, True,
                "also count every TCP segment sent (netprobe_tcp_segments_sent_total, the ratio's "
-               "denominator); one more tracepoint program that runs for every transmitted packet"),
+               "denominator); one more tracepoint program that runs for every transmitted packet. "
+               "false (or a kernel without net:net_dev_start_xmit): retransmits only, attach mode "
+               "retransmits_only"),
     ),
     strategies=(SEGMENTS_RAW, SEGMENTS_TRACEPOINT, RETRANSMITS_ONLY),
     choose_strategies=_strategies,
@@ -51,18 +53,18 @@ SPEC = ProgramSpec(
                "TCP segments retransmitted by sockets of this pod, by peer (a TSO/GSO retransmission "
                "counts its segments, like the kernel's Tcp RetransSegs); the numerator of the "
                "retransmit ratio.",
-               map="retransmits", key=PAIR_KEY),
+               map="retransmits", key=(PODS,)),
         Metric("netprobe_tcp_retransmit_events_total", "counter",
                "Retransmissions by sockets of this pod, by peer: one per retransmitted packet "
                "however many segments it carries (what tcpretrans shows).",
-               map="retransmit_events", key=PAIR_KEY),
+               map="retransmit_events", key=(PODS,)),
         Metric("netprobe_tcp_segments_sent_total", "counter",
                "TCP segments sent by this pod, by peer, retransmissions and pure ACKs included "
                "(the kernel's Tcp OutSegs + RetransSegs); the denominator of the retransmit ratio.",
-               map="segments_sent", key=PAIR_KEY),
+               map="segments_sent", key=(PODS,)),
     ),
     maps=(MapInfo("retransmits"), MapInfo("retransmit_events"), MapInfo("segments_sent")),
-    map_error_slots={0: "retransmits", 1: "segments_sent", 2: "retransmit_events"},
+    map_errors=("retransmits", "segments_sent", "retransmit_events"),
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),
         **SKB_NETWORK_HEADER_OFFSETS,

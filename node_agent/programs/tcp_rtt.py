@@ -4,11 +4,9 @@ Hooked on tcp_probe as a raw tracepoint (srtt and addresses read from the
 socket; the kernel builds no record) or, failing that, as a tracepoint: the
 same samples either way.
 """
-from node_agent.runtime.spec import (SOCK_ADDRESS_OFFSETS, Attach, KeyLayout, MapInfo, Metric, ProgramSpec,
+from node_agent.runtime.spec import (PODS, SLOT, SOCK_ADDRESS_OFFSETS, Attach, MapInfo, Metric, ProgramSpec,
                                      Strategy, attach_modes, attach_option, max_entries_option,
                                      sample_every_option)
-
-RTT_KEY = KeyLayout(size=40, slot_offset=32)
 
 SPEC = ProgramSpec(
     name="tcp_rtt",
@@ -29,9 +27,9 @@ SPEC = ProgramSpec(
         Metric("netprobe_tcp_rtt_seconds", "histogram",
                "Smoothed TCP round-trip time seen by sockets of this pod, sampled at each "
                "segment they receive, by peer.",
-               map="rtt_us", key=RTT_KEY, unit_seconds=1e-6, bucket_slots=(2, 22)),
+               map="rtt_us", key=(PODS, SLOT), unit_seconds=1e-6, bucket_slots=(2, 22)),
     ),
     maps=(MapInfo("rtt_us"),),
-    map_error_slots={0: "rtt_us"},
+    map_errors=("rtt_us",),
     btf_offsets={"OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us"), **SOCK_ADDRESS_OFFSETS},
 )

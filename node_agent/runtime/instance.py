@@ -2,7 +2,7 @@
 
 Stages, each reported separately when it fails: config (preparing the
 compile-time constants, e.g. BTF offsets), compile (clang via BCC), load (the
-verifier), attach. Strategies are tried in order; a strategy the kernel
+verifier; also a map key that does not match its description), attach. Strategies are tried in order; a strategy the kernel
 plainly lacks (no kprobes, missing tracepoint) is skipped when another one
 follows, so a fallback is not an error.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from node_agent.kernel.btf import BTFError, kernel_btf
 from node_agent.kernel.features import KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
+from node_agent.runtime.keys import KeyFields, KeyMismatch
 from node_agent.runtime.prog_info import recursion_misses
 from node_agent.runtime.spec import ProgramSpec, Strategy
 
@@ -71,6 +72,7 @@ def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[
     for opt in spec.options:
         if opt.define:
             flags.append(f"-D{opt.define}={opt.c_literal(options[opt.name])}")
+    flags += [f"-D{name}={value}" for name, value in spec.constants().items()]
     flags += [f"-D{d}" for d in strategy.defines]
     if spec.btf_offsets:
         btf = kernel_btf()
@@ -84,6 +86,7 @@ class ProgramInstance:
         self.spec, self.options, self.features = spec, dict(options), features
         self.bpf = None
         self.attach: str | None = None
+        self.keys: dict[str, KeyFields] = {}     # map name -> its key's fields (metric maps)
         self.failures: list[ProgramError] = []   # failed attempts, also of strategies that fell back
 
     @property
@@ -120,7 +123,7 @@ class ProgramInstance:
         try:
             flags = compile_flags(self.spec, self.options, strategy)
             text = program_source(self.spec)
-        except (BTFError, OSError) as e:
+        except (BTFError, OSError, ValueError) as e:   # ValueError: a description whose constants clash
             raise ProgramError(self.name, "config", str(e)) from e
 
         try:
@@ -130,6 +133,10 @@ class ProgramInstance:
             raise ProgramError(self.name, "compile", f"{e}: {_tail(err[0] if err else '')}") from e
 
         try:
+            try:
+                self.keys = self._key_fields(bpf)
+            except KeyMismatch as e:
+                raise ProgramError(self.name, "load", str(e)) from e
             prog_type = {"tracepoint": BPF.TRACEPOINT, "raw_tracepoint": BPF.RAW_TRACEPOINT, "kprobe": BPF.KPROBE}
             try:
                 with _captured_stderr() as err:
@@ -154,6 +161,15 @@ class ProgramInstance:
             bpf.cleanup()   # detach what did attach
             raise
         self.bpf = bpf
+
+    def _key_fields(self, bpf) -> dict[str, KeyFields]:
+        """Each metric map's key, read from the struct BCC built, checked against the description."""
+        keys: dict[str, KeyFields] = {}
+        for m in self.spec.metrics:
+            if m.map not in keys:
+                keys[m.map] = KeyFields.of(bpf[m.map.encode()].Key)
+            keys[m.map].check(m.key_fields, f"{m.name} (map {m.map})")
+        return keys
 
     def table(self, name: str):
         return self.bpf[name.encode()]

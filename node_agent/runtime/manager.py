@@ -4,6 +4,8 @@ apply() changes only what differs: a program whose options are unchanged is
 left running; a changed one is reloaded (its counters start again, as after
 a restart); a removed one is detached. One program failing never stops the
 others; a program that failed is retried only when its options change.
+The programs come with their descriptions ((spec, options) pairs): the
+runtime does not know the catalogue.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import threading
 from collections import Counter
 
 from node_agent.kernel.features import KernelFeatures
-from node_agent.programs import CATALOGUE
 from node_agent.runtime.instance import ProgramError, ProgramInstance
+from node_agent.runtime.spec import ProgramSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +38,23 @@ class ProgramManager:
         with self.lock:
             return {name: err for name, (_, err) in self._failed.items()}
 
-    def apply(self, desired: dict[str, dict]) -> None:
+    def apply(self, desired: dict[str, tuple[ProgramSpec, dict]]) -> None:
+        """desired: program name -> (its description, its full options)."""
         for name in list(self._running):
             inst = self._running[name]
-            if name not in desired or desired[name] != inst.options:
+            if name not in desired or desired[name][1] != inst.options:
                 self._stop(name, "removed" if name not in desired else "options changed")
         for name in list(self._failed):
-            if name not in desired or desired[name] != self._failed[name][0]:
+            if name not in desired or desired[name][1] != self._failed[name][0]:
                 del self._failed[name]
-        for name, options in desired.items():
+        for name, (spec, options) in desired.items():
             if name in self._running or name in self._failed:
                 continue
-            self._start(name, options)
+            self._start(spec, options)
 
-    def _start(self, name: str, options: dict) -> None:
-        inst = ProgramInstance(CATALOGUE[name], options, self.features)
+    def _start(self, spec: ProgramSpec, options: dict) -> None:
+        name = spec.name
+        inst = ProgramInstance(spec, options, self.features)
         try:
             inst.start()
         except ProgramError as e:

@@ -9,7 +9,7 @@ struct offsets it needs from BTF, and how its maps become metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 # ---------------------------------------------------------------- options
 
@@ -93,15 +93,66 @@ class Strategy:
 # ---------------------------------------------------------------- maps -> metrics
 
 
+# A map key is described by its fields' names, as the C struct declares them:
+# the runtime reads the struct BCC built from the C (Key._fields_) and checks
+# that every field is claimed by exactly one decoder below, so the C and this
+# description cannot drift apart. Fields named pad* are padding.
+
+
 @dataclass(frozen=True)
-class KeyLayout:
-    """Bytes of a map key: local and remote address first (np_addr_pair)."""
-    size: int
-    code_offset: int | None = None      # a u8 enum (e.g. direction) at this offset
-    slot_offset: int | None = None      # u32 log2 slot of a histogram key (its value: count, sum)
+class Pods:
+    """An address pair: local and remote (16 bytes each, IPv4 mapped) ->
+    the identity labels (namespace, pod, workload, peer_*) via the resolver."""
+    local: str = "local"
+    remote: str = "remote"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.local, self.remote)
 
 
-PAIR_KEY = KeyLayout(size=32)
+@dataclass(frozen=True)
+class Code:
+    """An integer code -> a label, through `values`; a code not in it shows as
+    its number. With `define`, each value reaches the C code as -D<define>_<NAME>=<code>
+    (e.g. DIR_OUTBOUND=1), so the numbers are written only here. `values` may
+    also be a function returning the mapping (called at each scrape: cache it),
+    for codes the running kernel defines, e.g. enum skb_drop_reason from BTF."""
+    field: str
+    label: str
+    values: dict[int, str] | Callable[[], dict[int, str]]
+    define: str | None = None
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field,)
+
+
+@dataclass(frozen=True)
+class Number:
+    """An integer shown as it is (e.g. an ifindex, a port)."""
+    field: str
+    label: str
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field,)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """The log2 slot of a histogram key (bpf/netprobe.h): becomes the bucket."""
+    field: str = "slot"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return (self.field,)
+
+
+KeyDecoder = Union[Pods, Code, Number, Slot]
+
+PODS = Pods()
+SLOT = Slot()
 
 
 @dataclass(frozen=True)
@@ -110,17 +161,29 @@ class Metric:
     kind: str                      # "counter" | "gauge" | "histogram"
     help: str
     map: str
-    key: KeyLayout
+    key: tuple[KeyDecoder, ...]                # every field of the map's key, claimed once
     value_field: str | None = None             # value struct field (None: the value is a number)
-    code_label: str | None = None              # label taken from the key's enum byte
-    code_values: dict[int, str] = field(default_factory=dict)
     unit_seconds: float = 1.0                  # histogram value unit (1e-6: microseconds)
     bucket_slots: tuple[int, int] = (0, 0)     # histogram: first and last slot exported
     signed: bool = False                       # gauge values are s64
 
     @property
+    def pods(self) -> Pods | None:
+        """The key's address pair, if it has one (then the identity labels come first)."""
+        return next((d for d in self.key if isinstance(d, Pods)), None)
+
+    @property
     def extra_labels(self) -> tuple[str, ...]:
-        return (self.code_label,) if self.code_label else ()
+        """Labels from the key's codes and numbers, in key order (after the identity labels)."""
+        return tuple(d.label for d in self.key if isinstance(d, (Code, Number)))
+
+    @property
+    def slot(self) -> Slot | None:
+        return next((d for d in self.key if isinstance(d, Slot)), None)
+
+    @property
+    def key_fields(self) -> tuple[str, ...]:
+        return tuple(f for d in self.key for f in d.fields)
 
 
 @dataclass(frozen=True)
@@ -143,10 +206,11 @@ class ProgramSpec:
     strategies: tuple[Strategy, ...]
     metrics: tuple[Metric, ...]
     maps: tuple[MapInfo, ...] = ()
-    # np_map_errors index -> map whose update failed
-    map_error_slots: dict[int, str] = field(default_factory=dict)
-    # np_map_errors index -> reason an event was discarded (not a map failure)
-    discard_slots: dict[int, str] = field(default_factory=dict)
+    # The np_map_errors slots, in order: first the maps whose updates can fail,
+    # then the reasons an event is discarded (not a map failure). Each reaches
+    # the C code as -DERR_<NAME>=<slot> (e.g. ERR_CONNECTIONS, ERR_STALE).
+    map_errors: tuple[str, ...] = ()
+    discards: tuple[str, ...] = ()
     # -D name -> (struct, member path): offsets read from the kernel's BTF
     btf_offsets: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Which strategies to try given the options (default: all, in order).
@@ -172,6 +236,31 @@ class ProgramSpec:
         if names is None:
             return self.strategies
         return tuple(self.strategy(n) for n in names)
+
+    @property
+    def map_error_slots(self) -> dict[int, str]:
+        """np_map_errors index -> map whose update failed."""
+        return dict(enumerate(self.map_errors))
+
+    @property
+    def discard_slots(self) -> dict[int, str]:
+        """np_map_errors index -> reason an event was discarded."""
+        return {len(self.map_errors) + i: reason for i, reason in enumerate(self.discards)}
+
+    def constants(self) -> dict[str, int]:
+        """-D constants of the description itself: error slots and key codes."""
+        out: dict[str, int] = {"NP_MAP_ERROR_SLOTS": max(1, len(self.map_errors) + len(self.discards))}
+        slots = {**self.map_error_slots, **self.discard_slots}
+        for index, name in slots.items():
+            out[f"ERR_{name.upper()}"] = index
+        for m in self.metrics:
+            for d in m.key:
+                if isinstance(d, Code) and d.define and not callable(d.values):
+                    for code, name in d.values.items():
+                        define = f"{d.define}_{name.upper()}"
+                        if out.setdefault(define, code) != code:
+                            raise ValueError(f"{self.name}: {define} is {out[define]} and {code}")
+        return out
 
 
 # ------------------------------------------------- shared by the program specs

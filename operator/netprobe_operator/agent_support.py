@@ -1,57 +1,34 @@
-"""What the agent version this operator deploys can do: the ONE place to change
-when the agent grows a program or a metric.
+"""What the agent version this operator deploys can do, read from the agent's
+own program catalogue (node_agent/programs/: pure data, no bcc) in the same
+distribution and image: nothing here is written twice.
 
-The CRD's enum holds the whole catalogue (DESIGN.md) so that a probe written
-today stays valid; a probe asking for a program the agent does not implement
-yet is marked Degraded instead of being rendered into a config the agent would
-refuse.
+The CRD's enum holds the whole catalogue, planned programs too, so that a
+probe written today stays valid; a probe asking for a program the agent does
+not implement yet is marked Degraded instead of being rendered into a config
+the agent would refuse.
 """
 from __future__ import annotations
 
-# Programs the agent implements (docs/agent-config.md `programs:`).
-IMPLEMENTED_PROGRAMS: frozenset[str] = frozenset(
-    {"rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt"}
-)
+from node_agent.metrics.agent_metrics import AGENT_METRICS
+from node_agent.programs import CATALOGUE as PROGRAM_SPECS
+from node_agent.programs import NAMES
 
-# The whole catalogue, in the CRD's order (kept equal to the CRD by a test).
-CATALOGUE: tuple[str, ...] = (
-    "rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt",
-    "dns", "drops", "xdp", "flows",
-)
+# Programs the agent implements (docs/agent-config.md `programs:`).
+IMPLEMENTED_PROGRAMS: frozenset[str] = frozenset(PROGRAM_SPECS)
+
+# The whole catalogue, in the CRD's order.
+CATALOGUE: tuple[str, ...] = NAMES
 
 # Labels a probe may add to pod-attributed series; namespace and pod are always there.
 OPTIONAL_LABELS: tuple[str, ...] = ("workload", "peer_namespace", "peer_pod", "peer_workload")
 PEER_LABELS: frozenset[str] = frozenset({"peer_namespace", "peer_pod", "peer_workload"})
 
-# Metric families the agent exports, by type. Dashboards and alert rules may
-# name only these (tests enforce it), so a renamed metric breaks a test, not a
-# dashboard in production.
+# Metric families the agent exports, by type: the programs' and the agent's
+# own. Dashboards and alert rules may name only these (tests enforce it), so a
+# renamed metric breaks a test, not a dashboard in production.
 EXPORTED_METRICS: dict[str, str] = {
-    "netprobe_tcp_retransmits_total": "counter",
-    "netprobe_tcp_segments_sent_total": "counter",
-    "netprobe_tcp_connections_opened_total": "counter",
-    "netprobe_tcp_connections_closed_total": "counter",
-    "netprobe_tcp_connections_active": "gauge",
-    "netprobe_tcp_connection_duration_seconds": "histogram",
-    "netprobe_tcp_resets_total": "counter",
-    "netprobe_tcp_rtt_seconds": "histogram",
-    "netprobe_rx_latency_seconds": "histogram",
-    # the agent's own health (docs/agent.md, "Self-metrics")
-    "netprobe_program_info": "gauge",
-    "netprobe_program_up": "gauge",
-    "netprobe_program_errors_total": "counter",
-    "netprobe_program_discarded_events_total": "counter",
-    "netprobe_map_entries": "gauge",
-    "netprobe_map_max_entries": "gauge",
-    "netprobe_map_fill_ratio": "gauge",
-    "netprobe_map_update_failures_total": "counter",
-    "netprobe_map_evictions_total": "counter",
-    "netprobe_agent_scrape_duration_seconds": "gauge",
-    "netprobe_agent_scrape_errors_total": "counter",
-    "netprobe_agent_config_reloads_total": "counter",
-    "netprobe_agent_config_reload_errors_total": "counter",
-    "netprobe_agent_info": "gauge",
-    "netprobe_resolver_unresolved_addresses": "gauge",
+    **{m.name: m.kind for spec in PROGRAM_SPECS.values() for m in spec.metrics},
+    **{name: kind for name, (kind, _) in AGENT_METRICS.items()},
 }
 
 

@@ -17,6 +17,7 @@ import jinja2
 import yaml
 
 from . import settings as s
+from .program_schema import agent_options
 
 TEMPLATES = jinja2.Environment(
     loader=jinja2.PackageLoader("netprobe_operator", "templates"),
@@ -45,6 +46,7 @@ TEMPLATES.filters["b64"] = lambda data: base64.b64encode(data).decode()
 
 # Where the agent container finds its serving certificate.
 TLS_MOUNT = "/etc/netprobe-tls"
+TEMPLATES.filters["agent_options"] = agent_options
 
 # Capabilities of the agent container (docs/agent.md lists why each is needed).
 AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")

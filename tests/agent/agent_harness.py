@@ -16,9 +16,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from netprobe_testbed.netns import wait_until
+from node_agent.programs import CATALOGUE
 
 AGENT = [sys.executable, "-m", "node_agent.cli"]
-ALL_PROGRAMS = {"tcp_retransmit": {}, "tcp_connections": {}, "tcp_rtt": {}, "rx_latency": {}}
+ALL_PROGRAMS = {name: {} for name in CATALOGUE}     # every program, default options
 LABELS = ["namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload"]
 
 
@@ -37,7 +38,12 @@ class Scrape:
     """One /metrics response, queried by metric name and a subset of labels."""
 
     def __init__(self, text: str):
-        self.samples = [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+        self.families = {fam.name: fam for fam in text_string_to_metric_families(text)}
+        self.samples = [s for fam in self.families.values() for s in fam.samples]
+
+    def family(self, name: str):
+        """A metric family by its name (a counter's with or without _total), or None."""
+        return self.families.get(name) or self.families.get(name.removesuffix("_total"))
 
     def all(self, name: str, **labels) -> list:
         return [s for s in self.samples

@@ -26,6 +26,8 @@ from node_agent.metrics.exposition import (ExpositionCache, HistogramFamily, Sca
 from node_agent.metrics.histogram import bucket_labels
 from node_agent.programs import CATALOGUE
 from node_agent.resolver.base import PodRef, Resolver
+from node_agent.runtime.keys import KeyFields
+from node_agent.runtime.spec import Code, Pods, Slot
 
 IDENTITY = ("namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload")
 AWKWARD_VALUES = ['say "hi"', "back\\slash", "two\nlines", "ünïcødé ✓", "", "trailing\\", '\\"\n']
@@ -250,13 +252,27 @@ class _FakeTable:
         return iter(self.items)
 
 
+def key_type(decoders) -> type:
+    """A ctypes key struct laid out as bpf/*.c lay theirs out (what BCC builds from the C)."""
+    fields = []
+    for d in decoders:
+        if isinstance(d, Pods):
+            fields += [(d.local, ctypes.c_ubyte * 16), (d.remote, ctypes.c_ubyte * 16)]
+        elif isinstance(d, Slot):
+            fields += [(d.field, ctypes.c_uint32), (f"pad_{d.field}", ctypes.c_uint32)]
+        else:
+            fields += [(d.field, ctypes.c_uint8), (f"pad_{d.field}", ctypes.c_uint8 * 7)]
+    return type("Key", (ctypes.Structure,), {"_fields_": fields})
+
+
 class _FakeInstance:
-    """A running program whose maps hold the given entries (built from the spec's key layouts)."""
+    """A running program whose maps hold the given entries (keys laid out as the spec describes them)."""
 
     def __init__(self, spec, pairs: list[tuple[str, str]], rng: random.Random):
         self.spec, self.name, self.attach, self.bpf = spec, spec.name, "tracepoint", None
         self.options = spec.defaults()
         self.tables: dict[str, _FakeTable] = {}
+        self.keys: dict[str, KeyFields] = {}
         by_map: dict[str, list] = {}
         for m in spec.metrics:
             by_map.setdefault(m.map, []).append(m)
@@ -265,20 +281,23 @@ class _FakeInstance:
                                                           + ((m.value_field,) if m.value_field else ()))})
             struct = type("Value", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_uint64) for f in fields]})
             per_cpu = struct * 2
-            layout = metrics[0].key
-            codes = sorted({c for m in metrics for c in m.code_values}) or [0]
-            slots = range(0, 40) if layout.slot_offset is not None else [None]
+            decoders = metrics[0].key
+            key_struct = key_type(decoders)
+            self.keys[map_name] = KeyFields.of(key_struct)
+            code = next((d for d in decoders if isinstance(d, Code)), None)
+            codes = sorted({c for m in metrics for d in m.key if isinstance(d, Code) for c in d.values}) or [0]
+            slots = range(0, 40) if metrics[0].slot is not None else [None]
             items = []
             for local, remote in pairs:
-                for code in codes:
+                for c in codes:
                     for slot in rng.sample(list(slots), min(3, len(slots))):
-                        key = bytearray(layout.size)
-                        key[0:16] = ipaddress.IPv6Address(f"::ffff:{local}").packed
-                        key[16:32] = ipaddress.IPv6Address(f"::ffff:{remote}").packed
-                        if layout.code_offset is not None:
-                            key[layout.code_offset] = code
+                        key = key_struct()
+                        key.local[:] = ipaddress.IPv6Address(f"::ffff:{local}").packed
+                        key.remote[:] = ipaddress.IPv6Address(f"::ffff:{remote}").packed
+                        if code is not None:
+                            setattr(key, code.field, c)
                         if slot is not None:
-                            key[layout.slot_offset:layout.slot_offset + 4] = slot.to_bytes(4, "little")
+                            key.slot = slot
                         value = per_cpu(*(struct(*(rng.randint(0, 5000) for _ in fields)) for _ in range(2))) \
                             if fields else rng.randint(0, 2 ** 40)
                         items.append((bytes(key), value))

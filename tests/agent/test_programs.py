@@ -15,7 +15,9 @@ import pytest
 
 from netprobe_testbed.netns import Lab, wait_until
 
-from agent_harness import ALL_PROGRAMS, AgentProcess, need_root
+from agent_harness import ALL_PROGRAMS, LABELS, AgentProcess, need_root
+from node_agent.metrics.agent_metrics import AGENT_METRICS
+from node_agent.programs import CATALOGUE
 
 pytestmark = pytest.mark.kernel
 
@@ -52,10 +54,8 @@ ATTACH_MODES = {
     "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
 }
 EXPECTED_ATTACH = {
-    "auto": {"tcp_retransmit": "raw_tracepoint", "tcp_connections": "raw_tracepoint",
-             "tcp_rtt": "raw_tracepoint", "rx_latency": "raw_tracepoint"},
-    "tracepoint": {"tcp_retransmit": "tracepoint", "tcp_connections": "tracepoint",
-                   "tcp_rtt": "tracepoint", "rx_latency": "tracepoint"},
+    "auto": dict.fromkeys(ALL_PROGRAMS, "raw_tracepoint"),
+    "tracepoint": dict.fromkeys(ALL_PROGRAMS, "tracepoint"),
 }
 
 
@@ -497,7 +497,37 @@ def test_self_metrics_describe_maps_and_the_agent(agent):
     assert s.value("netprobe_resolver_pods", resolver="static") == len(NAMES)
     assert s.all("netprobe_agent_info")[0].labels["headers"]
     assert s.value("netprobe_agent_scrape_duration_seconds") > 0
-    assert s.value("netprobe_program_up") == 4
+    assert s.value("netprobe_program_up") == len(ALL_PROGRAMS)
+
+
+def test_every_declared_metric_is_scraped_with_its_type_and_labels(lab, agent):
+    """What the catalogue declares (and the agent's own families) is what a real
+    scrape shows, after traffic that moves every program: connections through a
+    lossy path (retransmits), refused ones (resets)."""
+    port = 7095
+    lab.serve_tcp("b", port)
+    lab.add_random_drop("b", 20, from_ip=lab.pods["a"].ip4)
+    try:
+        lab.connect_many("a", lab.pods["b"].ip4, port, 20, payload=b"D" * 1000, timeout=30)
+    finally:
+        lab.clear_drops("b")
+    lab.pods["c"].run([sys.executable, "-c", _CONNECT_REFUSED, lab.pods["b"].ip4, port + 1, 2])
+    declared = {m.name: (m.kind, (tuple(LABELS) if m.pods else ()) + m.extra_labels)
+                for spec in CATALOGUE.values() for m in spec.metrics}
+
+    def every_program_metric_has_series():
+        s = agent.scrape()
+        return s if all(s.family(name) is not None and s.family(name).samples for name in declared) else None
+    s = wait_until(every_program_metric_has_series, timeout=15, what="a series of every declared metric")
+    for name, (kind, labels) in {**declared, **AGENT_METRICS}.items():
+        family = s.family(name)
+        assert family is not None, f"{name} is declared but not exported"
+        assert family.type == kind, name
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == set(labels), (name, sample.labels)
+    program_families = {f for f in s.families if f.startswith("netprobe_") and not f.startswith("netprobe_resolver_")}
+    undeclared = program_families - {n.removesuffix("_total") for n in {**declared, **AGENT_METRICS}}
+    assert undeclared == set()
 
 
 def test_reading_never_resets_counters(lab, agent):

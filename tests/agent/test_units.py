@@ -2,6 +2,7 @@
 validation, the static resolver file, label resolution."""
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import subprocess
 import sys
@@ -10,12 +11,13 @@ import pytest
 
 from node_agent.config import ConfigError, parse_config
 from node_agent.metrics.histogram import bucket_bounds, cumulative_buckets, log2_slot
-from node_agent.metrics.keys import decode_key
+from node_agent.metrics.keys import labeler, slot_index
 from node_agent.metrics.labels import LabelScope
 from node_agent.programs import CATALOGUE
-from node_agent.programs.tcp_connections import DURATION_KEY
 from node_agent.resolver.base import PodRef, Resolver
 from node_agent.resolver.static import StaticFileError, parse_static_file
+from node_agent.runtime.keys import KeyFields, KeyMismatch
+from node_agent.runtime.spec import Code, Metric, Number
 
 BASE = "resolver: {static: {file: /tmp/pods.yaml}}\n"
 
@@ -55,17 +57,63 @@ def test_bucket_bounds_are_powers_of_two_in_seconds():
 
 # ---------------------------------------------------------------- key decoding
 
-def test_duration_key_decodes_addresses_direction_and_slot():
+class _Pair(ctypes.Structure):
+    _fields_ = [("local", ctypes.c_ubyte * 16), ("remote", ctypes.c_ubyte * 16)]
+
+
+class _Conn(ctypes.Structure):            # struct conn_key of bpf/tcp_connections.c
+    _fields_ = [("pair", _Pair), ("direction", ctypes.c_ubyte), ("pad", ctypes.c_ubyte * 7)]
+
+
+class _Duration(ctypes.Structure):        # struct duration_key: nested, as BCC builds it
+    _fields_ = [("conn", _Conn), ("slot", ctypes.c_uint), ("pad", ctypes.c_uint)]
+
+
+def test_duration_key_decodes_addresses_direction_and_slot_by_field_name():
     local = ipaddress.IPv6Address("::ffff:10.77.3.2").packed
     remote = ipaddress.IPv6Address("fd77:3::3").packed
     raw = local + remote + bytes([2]) + bytes(7) + (13).to_bytes(4, "little") + bytes(4)
-    key = decode_key(raw, DURATION_KEY)
-    assert (key.local, key.remote, key.code, key.slot) == (local, remote, 2, 13)
+    key = KeyFields.of(_Duration)
+    assert key.names == ("local", "remote", "direction", "slot") and key.size == 48
+    assert key.unpack(raw) == (local, remote, 2, 13)
+    (metric,) = [m for m in CATALOGUE["tcp_connections"].metrics if m.map == "duration_us"]
+    key.check(metric.key_fields, metric.name)
+    resolver = DictResolver({"10.77.3.2": PodRef("shop", "web-1", "web")})
+    labels = labeler(metric, key, LabelScope(resolver, ("namespace", "pod"), frozenset()))
+    assert labels(key.unpack(raw)) == ("shop", "web-1", "inbound")
+    assert key.unpack(raw)[slot_index(metric, key)] == 13
 
 
-def test_key_of_the_wrong_size_is_refused():
-    with pytest.raises(ValueError):
-        decode_key(bytes(40), DURATION_KEY)
+def test_a_description_that_disagrees_with_the_c_key_is_refused():
+    key = KeyFields.of(_Duration)
+    with pytest.raises(KeyMismatch, match="in the C key but not described: slot"):
+        key.check(("local", "remote", "direction"), "m")
+    with pytest.raises(KeyMismatch, match="described but not in the C key: reason"):
+        key.check(("local", "remote", "direction", "slot", "reason"), "m")
+
+
+def test_a_key_without_addresses_decodes_codes_and_numbers():
+    """A drop reason and an interface: no pods, labels from the key's own fields."""
+    class Drop(ctypes.Structure):
+        _fields_ = [("reason", ctypes.c_uint16), ("pad", ctypes.c_uint16), ("ifindex", ctypes.c_uint32)]
+    metric = Metric("netprobe_x_total", "counter", "x", map="drops",
+                    key=(Code("reason", "reason", {2: "NOT_SPECIFIED", 5: "TCP_CSUM"}), Number("ifindex", "ifindex")))
+    key = KeyFields.of(Drop)
+    key.check(metric.key_fields, metric.name)
+    labels = labeler(metric, key, LabelScope(DictResolver({}), ("namespace", "pod"), frozenset()))
+    assert metric.pods is None and metric.extra_labels == ("reason", "ifindex")
+    assert labels(key.unpack(bytes(Drop(5, 0, 7)))) == ("TCP_CSUM", "7")
+    assert labels(key.unpack(bytes(Drop(99, 0, 1)))) == ("99", "1")
+
+
+def test_error_slots_and_codes_reach_the_c_code_as_constants():
+    constants = CATALOGUE["tcp_connections"].constants()
+    assert constants["ERR_NP_SOCKETS"] == 0 and constants["ERR_RESETS"] == 3
+    assert (constants["DIR_OUTBOUND"], constants["DIR_INBOUND"]) == (1, 2)
+    assert (constants["DIR_SENT"], constants["DIR_RECEIVED"]) == (1, 2)
+    rx = CATALOGUE["rx_latency"]
+    assert rx.discard_slots == {1: "unmatched", 2: "stale"}
+    assert rx.constants()["ERR_STALE"] == 2
 
 
 # ---------------------------------------------------------------- labels

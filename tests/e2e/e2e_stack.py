@@ -41,6 +41,7 @@ from netprobe_testbed.prometheus import PrometheusServer, free_port
 from netprobe_testbed.volumes import write_volume
 
 from netprobe_testbed import operator_harness as nc  # install, operator as its ServiceAccount
+from node_agent.programs import CATALOGUE
 
 NAMESPACE = nc.NAMESPACE
 HOST = socket.gethostname()
@@ -123,7 +124,7 @@ class Stack:
         return {
             "apiVersion": "netprobe.io/v1alpha1", "kind": "NetworkProbe", "metadata": {"name": PROBE},
             "spec": {
-                "programs": [{"name": p} for p in ("tcp_retransmit", "tcp_connections", "tcp_rtt", "rx_latency")],
+                "programs": [{"name": p} for p in CATALOGUE],
                 "nodeSelector": NODE_LABEL,
                 "labels": ["workload", "peer_namespace", "peer_pod", "peer_workload"],
                 "resolver": {"peers": "cluster", "deletedPodGraceSeconds": GRACE_SECONDS},

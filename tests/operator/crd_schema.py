@@ -46,3 +46,13 @@ def apply_defaults(value, schema: dict):
 def defaulted_spec(spec: dict) -> dict:
     schema = root_schema()["properties"]["spec"]
     return apply_defaults(copy.deepcopy(spec), schema)
+
+
+def non_default(option):
+    """A valid value of an agent option (runtime.spec.Option) other than its default."""
+    if option.choices:
+        return next(c for c in reversed(option.choices) if c != option.default)
+    if option.type is bool:
+        return not option.default
+    value = option.default + 1 if option.max is None or option.default + 1 <= option.max else option.default - 1
+    return option.type(value)

@@ -13,8 +13,12 @@ import json
 import pytest
 import yaml
 
+from crd_schema import non_default
+from netprobe_operator.program_schema import crd_field
 from netprobe_testbed import operator_harness as nc
 from netprobe_testbed.operator_harness import NAMESPACE, REPO
+from node_agent.config import parse_config
+from node_agent.programs import CATALOGUE
 
 pytestmark = pytest.mark.cluster
 
@@ -243,6 +247,18 @@ def test_hand_edits_are_reverted_but_foreign_fields_kept(netprobe, probes):
 # --- spec changes -------------------------------------------------------------
 
 
+def test_every_program_option_reaches_the_agent_config_through_the_operator(netprobe, probes):
+    """Each option of each program, set off its default in the probe, arrives in the
+    ConfigMap the operator (as its ServiceAccount) writes, and the agent parses it."""
+    programs = [{"name": spec.name, **{crd_field(o.name): non_default(o) for o in spec.options}}
+                for spec in CATALOGUE.values()]
+    probes("options", pool_spec(netprobe, 9681, programs=programs))
+    config = netprobe.wait_child("ConfigMap", "netprobe-options")
+    parsed = parse_config(config["data"]["agent.yaml"])
+    for spec in CATALOGUE.values():
+        assert parsed.programs[spec.name] == {o.name: non_default(o) for o in spec.options}
+
+
 def test_spec_update_reaches_the_agent_config_without_restarting_pods(netprobe, probes):
     body = probes("update", pool_spec(netprobe, 9621))
     daemonset = netprobe.wait_child("DaemonSet", "netprobe-update")
@@ -366,8 +382,11 @@ INVALID = {
                  "must be of type integer"),
     "out-of-range": ({"programs": [{"name": "tcp_rtt"}], "agent": {"metricsPort": 80}},
                      "spec.agent.metricsPort", "should be greater than or equal to 1024"),
-    "attach-on-wrong-program": ({"programs": [{"name": "tcp_rtt", "attach": "kprobe"}]},
-                                "spec.programs[0].attach", "attach is an option of rx_latency only"),
+    "attach-mode-of-another-program": ({"programs": [{"name": "tcp_rtt", "attach": "kprobe"}]},
+                                       "spec.programs[0].attach",
+                                       "attach of tcp_rtt must be one of auto, raw_tracepoint, tracepoint"),
+    "option-of-another-program": ({"programs": [{"name": "tcp_rtt", "inflightEntries": 4096}]},
+                                  "spec.programs[0].inflightEntries", "inflightEntries is an option of rx_latency only"),
     "duplicate-program": ({"programs": [{"name": "tcp_rtt"}, {"name": "tcp_rtt"}]},
                           "spec.programs[1]", "Duplicate value"),
     "no-programs": ({"programs": []}, "spec.programs", "should have at least 1 items"),
@@ -427,7 +446,10 @@ def test_refused_object_applies_nothing_until_rbac_allows_it(netprobe, probes):
 def test_kubectl_explain_teaches_the_api(netprobe):
     text = " ".join(netprobe.kubectl("explain", "networkprobe.spec.programs").stdout.split())
     assert "rx_latency - time a received packet spends in the kernel stack" in text
-    assert "maxEntries" in text and "attach" in text
+    for spec in CATALOGUE.values():      # every option of every program, with its default
+        for option in spec.options:
+            assert crd_field(option.name) in text, option.name
+    assert "Default: tcp_retransmit 8192" in text
 
 
 def test_operator_restart_resumes_without_churn_and_watches_monitoring_children(

@@ -9,25 +9,14 @@ import yaml
 
 from netprobe_operator import agent_support
 from node_agent import config as agent_config
+from netprobe_operator.program_schema import crd_field
 from node_agent.programs import CATALOGUE as AGENT_CATALOGUE
 
+from crd_schema import non_default
+
 REPO = Path(__file__).resolve().parents[2]
-ALL_IMPLEMENTED = [{"name": "rx_latency", "attach": "tracepoint", "maxEntries": 4096},
-                   {"name": "tcp_retransmit"}, {"name": "tcp_connections", "maxEntries": 65536},
-                   {"name": "tcp_rtt"}]
-
-
-def test_exported_metrics_are_named_by_the_agent():
-    # Dashboards and alerts may only use agent_support.EXPORTED_METRICS; each of
-    # those must appear in the agent's source, so a rename there fails here.
-    source = " ".join(p.read_text() for p in (REPO / "node_agent").rglob("*.py"))
-    missing = [m for m in agent_support.EXPORTED_METRICS if f'"{m}"' not in source and f"'{m}'" not in source]
-    assert missing == []
-
-
-def test_implemented_programs_are_what_the_agent_implements():
-    # The operator's single list must follow the agent: a test, not a hope.
-    assert agent_support.IMPLEMENTED_PROGRAMS == set(AGENT_CATALOGUE)
+SOME_OPTIONS = {"rx_latency": {"attach": "tracepoint", "maxEntries": 4096}, "tcp_connections": {"maxEntries": 65536}}
+ALL_IMPLEMENTED = [{"name": name, **SOME_OPTIONS.get(name, {})} for name in AGENT_CATALOGUE]
 
 
 def test_full_set_in_apply_order(render_probe):
@@ -68,12 +57,24 @@ def test_agent_config_is_accepted_by_the_agent(render_probe):
     assert parsed.listen_port == 9500 and parsed.log_level == "debug"
     assert set(parsed.labels) == {"namespace", "pod", "workload", "peer_pod"}
     assert parsed.resolver == agent_config.KubernetesResolverConfig("cluster", 120.0)
-    assert set(parsed.programs) == {"rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt"}
+    assert set(parsed.programs) == set(AGENT_CATALOGUE)
     assert parsed.programs["rx_latency"]["attach"] == "tracepoint"
     assert parsed.programs["rx_latency"]["max_entries"] == 4096
     assert parsed.programs["tcp_connections"]["max_entries"] == 65536
     # node_name stays out: the agent takes $NODE_NAME from the downward API.
     assert "node_name" not in yaml.safe_load(text)
+
+
+def test_every_option_of_every_program_reaches_the_agent_config(render_probe):
+    """One pass-through rule: each option set in a probe (camelCase) arrives in the
+    agent config (snake_case) with its value, and the agent's parser accepts it."""
+    programs = [{"name": spec.name, **{crd_field(o.name): non_default(o) for o in spec.options}}
+                for spec in AGENT_CATALOGUE.values()]
+    text = render_probe({"programs": programs}).one("ConfigMap", "netprobe-demo")["data"]["agent.yaml"]
+    parsed = agent_config.parse_config(text)
+    for spec in AGENT_CATALOGUE.values():
+        assert parsed.programs[spec.name] == {o.name: non_default(o) for o in spec.options}
+        assert parsed.programs[spec.name] != spec.defaults()
 
 
 def test_agent_config_options_only_where_given(render_probe):

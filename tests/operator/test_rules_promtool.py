@@ -10,12 +10,13 @@ import yaml
 
 import promql_names
 from netprobe_operator import agent_support
+from node_agent.programs import CATALOGUE
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: run `make setup` "
                                 "(Debian's prometheus package)")
 
-ALL = [{"name": n} for n in ("rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt")]
+ALL = [{"name": n} for n in CATALOGUE]
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import crd_schema
 from netprobe_operator import validation
 from netprobe_operator.validation import OtherProbe
+from node_agent.programs import CATALOGUE
 
 
 def spec(**overrides):
@@ -13,7 +14,7 @@ def spec(**overrides):
 
 
 def test_implemented_programs_pass():
-    s = spec(programs=[{"name": n} for n in ("rx_latency", "tcp_retransmit", "tcp_connections", "tcp_rtt")])
+    s = spec(programs=[{"name": n} for n in CATALOGUE])
     assert validation.check_spec(s) == []
 
 

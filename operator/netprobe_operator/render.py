@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
+from node_agent.kernel.features import DAEMONSET_CAPABILITIES
+
 from . import settings as s
 
 TEMPLATES = jinja2.Environment(
@@ -40,9 +42,6 @@ def _overlay(base: Mapping | None, top: Mapping) -> dict:
 
 
 TEMPLATES.filters["overlay"] = _overlay
-
-# Capabilities of the agent container (docs/agent.md lists why each is needed).
-AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
 
 # Dashboards shipped, by template file; each becomes one ConfigMap.
 DASHBOARDS = {"overview": "Overview", "agents": "Agents"}
@@ -153,7 +152,7 @@ def render(probe: Probe, config: s.OperatorSettings) -> RenderedSet:
         "owner_references": owner_references(probe),
         "default_image": config.agent_image,
         "agent_service_account": config.agent_service_account,
-        "capabilities": list(AGENT_CAPABILITIES),
+        "capabilities": list(DAEMONSET_CAPABILITIES),  # the agent's own list (doctor reads it)
         "program_names": [p["name"] for p in spec["programs"]],
     }
     templates = ["configmap-agent.yaml.j2", "service.yaml.j2", "daemonset.yaml.j2"]

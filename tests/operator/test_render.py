@@ -9,6 +9,7 @@ import yaml
 
 from netprobe_operator import agent_support
 from node_agent import config as agent_config
+from node_agent.kernel.features import DAEMONSET_CAPABILITIES
 from node_agent.programs import CATALOGUE as AGENT_CATALOGUE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ def test_daemonset_least_privilege(daemonset):
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": list(DAEMONSET_CAPABILITIES)}
     assert "SYS_ADMIN" not in json.dumps(daemonset)
     assert sc["readOnlyRootFilesystem"] is True
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"

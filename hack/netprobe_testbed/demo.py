@@ -386,10 +386,7 @@ def _cleanup(lab: Lab, agent: AgentProcess | None, workdir: Path) -> None:
     note("cleaning up: traffic, agent, lab, temporary files")
     # Traffic first, so the agent's last moments are quiet; the agent before the
     # lab, so nothing it attached outlives the interfaces.
-    for pod in lab.pods.values():
-        for proc in pod.processes:
-            if proc.poll() is None:
-                proc.kill()
+    lab.kill_processes()
     try:
         if agent is not None and agent.proc is not None:
             was_running = agent.proc.poll() is None  # if not, its failure was reported already

@@ -217,7 +217,8 @@ class Lab:
         pod.run(["ip", "route", "add", "default", "via", self.host_ip4])
         return pod
 
-    def stop(self) -> None:
+    def kill_processes(self) -> None:
+        """Ends every process started in the lab's pods (servers, traffic)."""
         for pod in self.pods.values():
             for proc in pod.processes:
                 if proc.poll() is None:
@@ -226,6 +227,9 @@ class Lab:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+
+    def stop(self) -> None:
+        self.kill_processes()
         self.pods.clear()
         if self.slot is not None:
             self._remove_leftovers()

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import yaml
-
 from bench.resolver_memory import OWN_NODE, create_pods
+from netprobe_testbed.agent import ALL_LABELS, ALL_PROGRAMS, AgentProcess, write_config
 from netprobe_testbed.cluster import ControlPlane
 from netprobe_testbed.polling import wait_for
-from netprobe_testbed.prometheus import free_port
-from node_agent.programs import CATALOGUE
+from netprobe_testbed.processes import free_port
 
 TARGET_MIB = 250
 
@@ -35,27 +31,23 @@ def _rss_mib(pid: int) -> float:
 
 
 def run_agent(kubeconfig: str, peers: str, workdir: Path, expected_pods: int) -> float:
-    port = free_port()
+    listen = f"127.0.0.1:{free_port()}"
     config = {
-        "listen": f"127.0.0.1:{port}",
+        "listen": listen,
         "node_name": OWN_NODE,
-        "labels": ["namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload"],
+        "labels": list(ALL_LABELS),
         "resolver": {"kubernetes": {"peers": peers}},
-        "programs": {p: {} for p in CATALOGUE},
+        "programs": {p: {} for p in ALL_PROGRAMS},
     }
-    path = workdir / f"agent-{peers}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    agent = subprocess.Popen([sys.executable, "-m", "node_agent.cli", "--config", str(path)],
-                             env={"KUBECONFIG": kubeconfig, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = write_config(workdir / f"agent-{peers}.yaml", config)
+    agent = AgentProcess(path, workdir / f"agent-{peers}.log", listen,
+                         env={"KUBECONFIG": kubeconfig, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).start()
     try:
         def synced():
-            if agent.poll() is not None:
-                raise RuntimeError(f"agent exited {agent.returncode}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    text = r.read().decode()
+                text = agent.metrics_text(timeout=5)
             except OSError:
+                agent.check_running()
                 return False
             cached = max((float(v) for v in re.findall(
                 r'^netprobe_resolver_pods\{[^}]*state="live"[^}]*\} (\S+)$', text, re.M)), default=0)
@@ -64,8 +56,7 @@ def run_agent(kubeconfig: str, peers: str, workdir: Path, expected_pods: int) ->
         time.sleep(3)  # let the list pages be freed
         return _rss_mib(agent.pid)
     finally:
-        agent.terminate()
-        agent.wait(30)
+        agent.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

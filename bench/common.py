@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from netprobe_testbed.demo import (ALL_LABELS, ALL_PROGRAMS, AgentProcess, free_listen_address,
-                                   write_agent_config)
+from netprobe_testbed.agent import ALL_LABELS, ALL_PROGRAMS, AgentProcess, agent_config, write_config
+from netprobe_testbed.processes import free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,11 +50,9 @@ def machine_state() -> str:
 def running_agent(workdir: Path, resolver_file: Path, tag: str, programs=ALL_PROGRAMS,
                   labels=ALL_LABELS):
     """Start the agent (its own free port, log in workdir), yield it once ready, stop it."""
-    listen, _ = free_listen_address("127.0.0.1:0")
-    config = write_agent_config(workdir / f"agent-{tag}.yaml", listen, resolver_file,
-                                programs=programs, labels=labels)
-    agent = AgentProcess(config, workdir / f"agent-{tag}.log", listen)
-    agent.start()
+    listen = f"127.0.0.1:{free_port()}"
+    config = write_config(workdir / f"agent-{tag}.yaml", agent_config(listen, resolver_file, programs, labels))
+    agent = AgentProcess(config, workdir / f"agent-{tag}.log", listen).start()
     try:
         took = agent.wait_ready(progress=lambda t: log(f"... agent not ready yet ({t:.0f}s)"), every=10)
         log(f"agent ready after {took:.1f}s (pid {agent.pid}, {agent.base_url})")

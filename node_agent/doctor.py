@@ -7,12 +7,10 @@ program can load.
 """
 from __future__ import annotations
 
-from node_agent.kernel.features import BCC_TRACEFS, KernelFeatures
+from node_agent.kernel.features import BCC_TRACEFS, DAEMONSET_CAPABILITIES, KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
 from node_agent.kernel.mounts import ensure_pseudo_filesystems
 from node_agent.programs import CATALOGUE
-
-DAEMONSET_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
 
 
 def _yes(flag: bool) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import datetime
 import ipaddress
 import json
@@ -25,7 +24,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from .processes import die_with_parent, free_ports, log_tail, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("NETPROBE_BIN_DIR", REPO_ROOT / "bin"))
@@ -100,33 +100,6 @@ def pinned_kubernetes_version() -> str:
     if not match:
         raise ControlPlaneError(f"no k8s.io/kubernetes requirement in {CONTROLPLANE_GO_MOD}")
     return match.group(1)
-
-
-def _free_loopback_ports(count: int) -> list[int]:
-    # Hold all sockets open until every port is picked so the kernel hands out distinct
-    # ones. Another process may still grab one before our component binds it; that
-    # shows up as the component exiting with "address already in use" in its log.
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask the kernel to SIGKILL it when its parent dies.
-
-    A test run killed by a CI timeout then leaks no etcd or apiserver. The "parent" is
-    the thread that started the child, so start the control plane from a thread that
-    outlives it (the main thread, in pytest and in the CLI).
-    """
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -240,21 +213,13 @@ class _Process:
             # stops the components in order.
             self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=die_with_parent(signal.SIGKILL))
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.popen is None:
-            return
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, grace)
         self.popen = None
 
 
@@ -373,13 +338,7 @@ class ControlPlane:
     def log_tail(self, component: str, n: int = 40) -> str:
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; one of {', '.join(COMPONENTS)}")
-        if self.log_dir is None:
-            return ""
-        try:
-            lines = (self.log_dir / f"{component}.log").read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return ""
-        return "\n".join(lines[-n:])
+        return log_tail(self.log_dir and self.log_dir / f"{component}.log", n)
 
     # ---- credentials and clients -------------------------------------------------------
 
@@ -446,7 +405,7 @@ class ControlPlane:
         (work / "kubeconfigs").mkdir()
         self._ssl = ssl.create_default_context(cafile=str(pki.ca_file))
 
-        etcd_client, etcd_peer, apiserver, controller_manager, scheduler = _free_loopback_ports(5)
+        etcd_client, etcd_peer, apiserver, controller_manager, scheduler = free_ports(5)
         self.server = f"https://127.0.0.1:{apiserver}"
 
         # Static tokens: the admin (system:masters), and the identities the default RBAC

@@ -16,13 +16,12 @@ What it does, in order (each step prints a progress line):
 On the way out it stops the traffic and the agent and removes the lab and the
 temporary directory, whatever happened before.
 
-The helpers that run an agent (`AgentProcess`, `write_agent_config`) and read
-its histograms (`histogram_quantile`, `summarize`) are also used by bench/.
+The agent runs through the test bed's agent helper (netprobe_testbed.agent),
+as in the tests and benchmarks; everything else here is the demo's own.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import math
 import os
@@ -34,19 +33,15 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from netprobe_testbed.agent import ALL_PROGRAMS, AgentError, AgentProcess, agent_config, write_config
 from netprobe_testbed.netns import Lab
-from node_agent.programs import CATALOGUE
 
 DEFAULT_LISTEN = "127.0.0.1:9435"
-ALL_PROGRAMS = tuple(CATALOGUE)    # every program of the agent's catalogue
-ALL_LABELS = ("namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload")
 ECHO_PORT = 8080
 LAB_PREFIX = "npd"  # netns npd<slot>-<pod>, bridge npdbr<slot>: distinct from test labs
 
@@ -99,109 +94,7 @@ def start_traffic(lab: Lab, streams=TRAFFIC) -> None:
                            pause=stream.pause)
 
 
-# --- the agent -------------------------------------------------------------------
-
-def agent_command() -> list[str]:
-    """The installed entry point next to this interpreter, else the module."""
-    script = Path(sys.executable).with_name("netprobe-agent")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "node_agent.cli"]
-
-
-def write_agent_config(path: Path, listen: str, resolver_file: Path,
-                       programs=ALL_PROGRAMS, labels=ALL_LABELS, log_level: str = "info") -> Path:
-    """An agent config (docs/agent-config.md) with a static resolver."""
-    config = {
-        "listen": listen,
-        "log_level": log_level,
-        "labels": list(labels),
-        "resolver": {"static": {"file": str(resolver_file)}},
-        "programs": {name: {} for name in programs},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-class AgentError(RuntimeError):
-    pass
-
-
-class AgentProcess:
-    """`netprobe-agent --config FILE` as a child process with its log in a file."""
-
-    def __init__(self, config: Path, log: Path, listen: str):
-        self.config, self.log, self.listen = config, log, listen
-        self.proc: subprocess.Popen | None = None
-        self._log_fd = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.listen}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "agent not started"
-        return self.proc.pid
-
-    def start(self) -> None:
-        self._log_fd = open(self.log, "ab")
-        # Its own session: a terminal Ctrl-C goes to the caller, who stops the agent last.
-        self.proc = subprocess.Popen([*agent_command(), "--config", str(self.config)],
-                                     stdin=subprocess.DEVNULL, stdout=self._log_fd,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
-
-    def wait_ready(self, timeout: float = 300, progress=None, every: float = 5.0) -> float:
-        """Poll /readyz until 200; returns the seconds it took. `progress(elapsed)` every `every` s."""
-        started = time.monotonic()
-        next_note = started + every
-        while True:
-            if self.proc.poll() is not None:
-                raise AgentError(f"the agent exited with code {self.proc.returncode} before it was "
-                                 f"ready; the end of its log:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - started
-            except (urllib.error.URLError, OSError):
-                pass
-            now = time.monotonic()
-            if now - started > timeout:
-                raise AgentError(f"the agent was not ready after {timeout:.0f}s; the end of its log:\n"
-                                 f"{self.log_tail()}")
-            if progress is not None and now >= next_note:
-                progress(now - started)
-                next_note = now + every
-            time.sleep(0.2)
-
-    def metrics_text(self, timeout: float = 10) -> str:
-        with urllib.request.urlopen(self.base_url + "/metrics", timeout=timeout) as resp:
-            return resp.read().decode()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM (the agent detaches everything), SIGKILL if it hangs; returns its exit code."""
-        code = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            code = self.proc.returncode
-        if self._log_fd is not None:
-            self._log_fd.close()
-            self._log_fd = None
-        return code
-
+# --- the listen address ----------------------------------------------------------
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """'127.0.0.1:9435' or '[::1]:9435' -> (host, port); ValueError on anything else."""
@@ -395,18 +288,6 @@ def say(msg: str) -> None:
         raise Stopped("stdout closed") from None
 
 
-def _die_with_parent() -> None:
-    """In the agent before exec: SIGTERM when the demo dies, even by SIGKILL.
-
-    The agent runs in its own session (a terminal Ctrl-C must reach the demo
-    only, which stops everything in order), so without this a killed demo
-    would leave it running. SIGTERM, not SIGKILL: the agent detaches what it
-    attached.
-    """
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def run(duration: float, listen: str, refresh: float) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="netprobe-demo-"))
     lab = Lab(list(DEMO_PODS), prefix=LAB_PREFIX)
@@ -430,9 +311,9 @@ def run(duration: float, listen: str, refresh: float) -> int:
         lossy = next(s for s in TRAFFIC if s.kind == "lossy")
         lab.add_random_drop(lossy.dst, LOSSY_DROP_PERCENT, from_ip=lab.pods[lossy.src].ip4)
 
-        config = write_agent_config(workdir / "agent.yaml", listen, resolver_file)
+        config = write_config(workdir / "agent.yaml", agent_config(listen, resolver_file))
         agent = AgentProcess(config, workdir / "agent.log", listen)
-        say(f"[3/5] starting netprobe-agent with {', '.join(ALL_PROGRAMS)}; log {agent.log}")
+        say(f"[3/5] starting netprobe-agent with {', '.join(ALL_PROGRAMS)}; log {agent.log_path}")
         say("      (BCC compiles the BPF programs at start: this takes a few seconds)")
         agent.start()
         took = agent.wait_ready(progress=lambda t: say(f"      ... waiting for {agent.base_url}/readyz ({t:.0f}s)"))
@@ -445,7 +326,7 @@ def run(duration: float, listen: str, refresh: float) -> int:
             extra = f", {LOSSY_DROP_PERCENT} % dropped" if stream.kind == "lossy" else ""
             say(f"      {stream.describe()}{extra}")
         start_traffic(lab)
-        say(f"metrics: {agent.base_url}/metrics   (agent log: {agent.log})")
+        say(f"metrics: {agent.base_url}/metrics   (agent log: {agent.log_path})")
         say("Ctrl-C to stop." if duration == 0 else f"running for {duration:g}s (Ctrl-C stops earlier).")
 
         _summary_loop(agent, duration, refresh)
@@ -474,9 +355,7 @@ def _summary_loop(agent: AgentProcess, duration: float, refresh: float) -> None:
     before, before_at = None, started
     while True:
         time.sleep(refresh)
-        if agent.proc.poll() is not None:
-            raise AgentError(f"the agent exited with code {agent.proc.returncode}; the end of its log:\n"
-                             f"{agent.log_tail()}")
+        agent.check_running()
         try:
             text = agent.metrics_text()
         except (urllib.error.URLError, OSError) as e:
@@ -488,7 +367,7 @@ def _summary_loop(agent: AgentProcess, duration: float, refresh: float) -> None:
         heading = f"--- netprobe demo: {elapsed:.0f}s, {agent.base_url}/metrics ---"
         if interactive:
             sys.stdout.write("\033[H\033[2J")  # redraw in place; the start-up lines scroll away
-            heading += f"\nCtrl-C to stop; agent log {agent.log}"
+            heading += f"\nCtrl-C to stop; agent log {agent.log_path}"
         say(f"{heading}\n{table}")
         before, before_at = now, now_at
         if duration and elapsed >= duration:
@@ -507,10 +386,7 @@ def _cleanup(lab: Lab, agent: AgentProcess | None, workdir: Path) -> None:
     note("cleaning up: traffic, agent, lab, temporary files")
     # Traffic first, so the agent's last moments are quiet; the agent before the
     # lab, so nothing it attached outlives the interfaces.
-    for pod in lab.pods.values():
-        for proc in pod.processes:
-            if proc.poll() is None:
-                proc.kill()
+    lab.kill_processes()
     try:
         if agent is not None and agent.proc is not None:
             was_running = agent.proc.poll() is None  # if not, its failure was reported already

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from netprobe_testbed.polling import wait_for
+from netprobe_testbed.processes import die_with_parent
 
 LOCK_DIR = Path("/run/netprobe-lab")
 MAX_SLOTS = 200
@@ -108,14 +109,6 @@ while True:
 """
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: a lab process must not outlive its test."""
-    import ctypes
-    import signal
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
 
@@ -139,7 +132,7 @@ class Pod:
         return subprocess.run(self._argv(argv), check=check, capture_output=True, text=True, timeout=timeout)
 
     def popen(self, argv, **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(self._argv(argv), preexec_fn=_die_with_parent, **kw)
+        proc = subprocess.Popen(self._argv(argv), preexec_fn=die_with_parent(), **kw)  # must not outlive its test
         self.processes.append(proc)
         return proc
 
@@ -224,7 +217,8 @@ class Lab:
         pod.run(["ip", "route", "add", "default", "via", self.host_ip4])
         return pod
 
-    def stop(self) -> None:
+    def kill_processes(self) -> None:
+        """Ends every process started in the lab's pods (servers, traffic)."""
         for pod in self.pods.values():
             for proc in pod.processes:
                 if proc.poll() is None:
@@ -233,6 +227,9 @@ class Lab:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     pass
+
+    def stop(self) -> None:
+        self.kill_processes()
         self.pods.clear()
         if self.slot is not None:
             self._remove_leftovers()

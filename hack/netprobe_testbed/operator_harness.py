@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,6 +22,7 @@ import yaml
 from kubernetes import client
 
 from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
+from netprobe_testbed.processes import free_port, log_tail, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "netprobe-system"
@@ -40,12 +40,6 @@ TIMEOUT = 60.0
 GC_TIMEOUT = 150.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class OperatorProcess:
     popen: subprocess.Popen
@@ -53,19 +47,10 @@ class OperatorProcess:
     liveness_url: str
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 20)
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,11 +18,7 @@ from pathlib import Path
 
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from netprobe_testbed.processes import free_port, log_tail, stop_process
 
 
 class PrometheusServer:
@@ -36,6 +31,7 @@ class PrometheusServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir: Path | None = None
+        self.log_path: Path | None = None
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "PrometheusServer":
@@ -80,13 +76,7 @@ class PrometheusServer:
         raise TimeoutError(f"prometheus not ready after {timeout}s: {self.log_tail()}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()
@@ -95,10 +85,7 @@ class PrometheusServer:
             self.workdir = None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines, missing="(no log)")
 
     def _get(self, path: str, params: dict) -> dict:
         url = f"{self.url}{path}?{urllib.parse.urlencode(params)}"

@@ -22,6 +22,11 @@ CAPABILITY_NAMES = (
     "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
 )
 
+# The capabilities the agent's DaemonSet grants (everything else is dropped):
+# the operator renders them, `doctor` and the tests check against them.
+# Why each one: docs/agent.md, "Capabilities (for the DaemonSet)".
+DAEMONSET_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
+
 
 def effective_capabilities() -> set[str]:
     with open("/proc/self/status") as f:

@@ -147,7 +147,7 @@ def find_kernel_headers(release: str | None = None, set_env: bool = True) -> Ker
         if not _is_complete(flavoured):
             partner = _split_partner(flavoured)
             if partner is None:
-                log.debug("headers %s lack their plain half; skipped", flavoured)
+                log.debug("headers lack their plain half; skipped", extra={"kv": {"path": flavoured}})
                 continue
             trees.append(partner)
         path = _assemble(trees, flavoured.name) if len(trees) > 1 else flavoured

@@ -60,9 +60,9 @@ def ensure_pseudo_filesystems() -> list[MountResult]:
         try:
             os.makedirs(path, exist_ok=True)
             _mount(fstype, path, fstype)
-            log.info("mounted %s on %s", fstype, path)
+            log.info("mounted", extra={"kv": {"fstype": fstype, "path": path}})
             results.append(MountResult(path, fstype, "mounted"))
         except OSError as e:
-            log.warning("could not mount %s on %s: %s", fstype, path, e.strerror or e)
+            log.warning("could not mount", extra={"kv": {"fstype": fstype, "path": path, "error": e.strerror or e}})
             results.append(MountResult(path, fstype, "failed", e.strerror or str(e)))
     return results

@@ -10,9 +10,7 @@ import threading
 import time
 
 import yaml
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-from node_agent.resolver.base import IPAddress, PodRef, Resolver, normalize_ip
+from node_agent.resolver.base import IPAddress, PodRef, Resolver, SourceHealth, normalize_ip
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +64,11 @@ class StaticResolver(Resolver):
         self.poll_seconds = poll_seconds
         self._by_ip: dict[IPAddress, PodRef] = {}
         self._digest = ""
-        self._loaded_at = 0.0
+        self._loaded_at = 0.0       # when a version of the file was last taken
+        self._synced_at = 0.0       # when the file was last read and found good (changed or not)
+        self._loads = 0
         self._reload_errors = 0
+        self._stale = False         # the last read failed or was refused
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,9 +78,12 @@ class StaticResolver(Resolver):
             raw = f.read()
         digest = hashlib.sha256(raw).hexdigest()
         if digest == self._digest:
+            self._synced_at, self._stale = time.time(), False
             return False
         self._by_ip = parse_static_file(raw.decode(errors="replace"), self.path)   # one atomic swap
         self._digest, self._loaded_at = digest, time.time()
+        self._synced_at, self._stale = self._loaded_at, False
+        self._loads += 1
         pods = len(set(self._by_ip.values()))
         log.info("static resolver loaded", extra={"kv": {"file": self.path, "pods": pods,
                                                          "addresses": len(self._by_ip)}})
@@ -96,6 +100,7 @@ class StaticResolver(Resolver):
                 self.load()
             except (OSError, StaticFileError) as e:
                 self._reload_errors += 1
+                self._stale = True
                 self._digest = ""   # retry at the next poll
                 log.error("static resolver file refused; keeping the previous mapping",
                           extra={"kv": {"file": self.path, "error": str(e)}})
@@ -106,20 +111,12 @@ class StaticResolver(Resolver):
             self._thread.join(timeout=5)
 
     def lookup(self, ip: IPAddress) -> PodRef | None:
-        return self._by_ip.get(ip)
+        return self._counted(self._by_ip.get(ip))
 
     def is_ready(self) -> bool:
         return self._loaded_at > 0
 
-    def collect(self):
-        pods = GaugeMetricFamily("netprobe_resolver_pods", "Pods the resolver knows.", labels=["resolver"])
-        pods.add_metric(["static"], len(set(self._by_ip.values())))
-        yield pods
-        loaded = GaugeMetricFamily("netprobe_resolver_last_update_timestamp_seconds",
-                                   "When the resolver's cache last changed (Unix time).", labels=["resolver"])
-        loaded.add_metric(["static"], self._loaded_at)
-        yield loaded
-        errors = CounterMetricFamily("netprobe_resolver_errors_total",
-                                     "Resolver updates refused or failed.", labels=["resolver"])
-        errors.add_metric(["static"], self._reload_errors)
-        yield errors
+    def sources(self) -> list[SourceHealth]:
+        # The file is one source, "watched" by polling; a refused version is an error restart.
+        return [SourceHealth("file", len(set(self._by_ip.values())), 0, self._loads, self._synced_at,
+                             self._stale, {"error": self._reload_errors})]

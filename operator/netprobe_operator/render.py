@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
+from node_agent.kernel.features import DAEMONSET_CAPABILITIES
+
 from . import settings as s
 from .program_schema import agent_options
 
@@ -47,9 +49,6 @@ TEMPLATES.filters["b64"] = lambda data: base64.b64encode(data).decode()
 # Where the agent container finds its serving certificate.
 TLS_MOUNT = "/etc/netprobe-tls"
 TEMPLATES.filters["agent_options"] = agent_options
-
-# Capabilities of the agent container (docs/agent.md lists why each is needed).
-AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
 
 # Dashboards shipped, by template file; each becomes one ConfigMap.
 DASHBOARDS = {"overview": "Overview", "agents": "Agents"}
@@ -183,7 +182,7 @@ def render(probe: Probe, config: s.OperatorSettings, certificates: Certificates 
         "owner_references": owner_references(probe),
         "default_image": config.agent_image,
         "agent_service_account": config.agent_service_account,
-        "capabilities": list(AGENT_CAPABILITIES),
+        "capabilities": list(DAEMONSET_CAPABILITIES),  # the agent's own list (doctor reads it)
         "program_names": [p["name"] for p in spec["programs"]],
         "tls_mount": TLS_MOUNT,
         "service_dns_names": service_dns_names(probe.name, config.namespace),

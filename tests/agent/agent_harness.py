@@ -1,37 +1,26 @@
-"""Driving the agent in tests: an agent process run through its CLI, a
-scrape parser, bpftool views of what a process holds in the kernel."""
+"""Driving the agent in tests: the test bed's agent process on a config of the
+test's programs, a scrape parser, bpftool views of what a process holds in the kernel."""
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from netprobe_testbed.netns import wait_until
-from node_agent.programs import CATALOGUE
+from netprobe_testbed import agent as testbed
+from netprobe_testbed.processes import free_port
 
-AGENT = [sys.executable, "-m", "node_agent.cli"]
-ALL_PROGRAMS = {name: {} for name in CATALOGUE}     # every program, default options
-LABELS = ["namespace", "pod", "workload", "peer_namespace", "peer_pod", "peer_workload"]
+ALL_PROGRAMS = {name: {} for name in testbed.ALL_PROGRAMS}     # every program, default options
+LABELS = list(testbed.ALL_LABELS)
 
 
 def need_root():
     if os.geteuid() != 0:
         pytest.skip("loading BPF programs and making network namespaces needs root")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Scrape:
@@ -54,60 +43,34 @@ class Scrape:
         return sum(s.value for s in self.all(name, **labels))
 
 
-class AgentProcess:
-    def __init__(self, workdir: Path, programs: dict, pods_file: Path, labels=LABELS, prefix=None):
-        self.workdir = workdir
+class AgentProcess(testbed.AgentProcess):
+    """The agent on `programs` with a static resolver of `pods_file`, its files in `workdir`."""
+
+    def __init__(self, workdir: Path, programs: dict, pods_file: Path, labels=testbed.ALL_LABELS, prefix=()):
         self.port = free_port()
-        self.config_path = workdir / "agent.yaml"
-        self.pods_file = pods_file
-        self.labels = labels
-        self.log_path = workdir / "agent.log"
+        super().__init__(workdir / "agent.yaml", workdir / "agent.log", f"127.0.0.1:{self.port}",
+                         prefix=prefix)
+        self.pods_file, self.labels = pods_file, labels
         self.write_config(programs)
-        self.prefix = prefix or []
-        self.proc: subprocess.Popen | None = None
 
     def config_text(self, programs: dict, **extra) -> str:
-        data = {"listen": f"127.0.0.1:{self.port}", "log_level": "info", "labels": self.labels,
-                "resolver": {"static": {"file": str(self.pods_file)}}, "programs": programs}
-        data.update(extra)
-        return yaml.safe_dump(data, sort_keys=False)
+        return yaml.safe_dump(testbed.agent_config(self.listen, self.pods_file, programs, self.labels, **extra),
+                              sort_keys=False)
 
     def write_config(self, programs: dict | None = None, text: str | None = None) -> None:
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(text if text is not None else self.config_text(programs))
-        tmp.replace(self.config_path)
+        testbed.write_config(self.config_path, text if text is not None else self.config_text(programs))
 
     def start(self, timeout: float = 120) -> "AgentProcess":
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(self.prefix + AGENT + ["--config", str(self.config_path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
-        wait_until(self._ready, timeout=timeout, interval=0.3, what=f"agent ready (log: {self.log_path})")
+        super().start()
+        self.wait_ready(timeout)
         return self
 
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-        try:
-            return requests.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
     def scrape(self) -> Scrape:
-        r = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30)
-        r.raise_for_status()
-        return Scrape(r.text)
+        return Scrape(self.metrics_text(timeout=30))
 
     def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "log", None):
-            self.log.close()
-        return self.proc.returncode if self.proc else 0
+        code = super().stop(timeout=60)
+        return 0 if code is None else code
 
 
 def bpf_objects_of(pid: int) -> dict[str, set[int]]:

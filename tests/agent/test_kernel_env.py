@@ -4,15 +4,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from node_agent.kernel import headers as hdr
 from node_agent.kernel.btf import BTFError, kernel_btf
-from node_agent.resolver.base import PodRef, normalize_ip
-from node_agent.resolver.static import StaticResolver
 
 from agent_harness import need_root
 
@@ -145,37 +142,3 @@ def test_doctor_fails_when_nothing_can_load():
     assert proc.returncode == 1, proc.stdout
     assert "can load: no (missing capabilities)" in proc.stdout
 
-
-# ---------------------------------------------------------------- static resolver reload
-
-def _replace(path, text):
-    """Swap the file's content at once, as a ConfigMap volume update does: a
-    write_text truncates first, and a poll in between reads an empty file
-    (a valid, empty mapping)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def test_static_resolver_follows_its_file_and_keeps_the_last_good_one(tmp_path):
-    path = tmp_path / "pods.yaml"
-    _replace(path, "pods: [{namespace: shop, pod: cart-7, ips: [10.1.0.2]}]\n")
-    r = StaticResolver(str(path), poll_seconds=0.05)
-    r.start()
-    try:
-        assert r.lookup(normalize_ip("10.1.0.2")) == PodRef("shop", "cart-7")
-        _replace(path, "pods: [{namespace: shop, pod: cart-8, ips: [10.1.0.2]}]\n")
-        deadline = time.monotonic() + 5
-        while r.lookup(normalize_ip("10.1.0.2")).pod != "cart-8":
-            assert time.monotonic() < deadline, "new file not picked up"
-            time.sleep(0.05)
-        _replace(path, "pods: [{namespace: shop}]\n")
-        deadline = time.monotonic() + 5
-        while r._reload_errors == 0:
-            assert time.monotonic() < deadline, "bad file not noticed"
-            time.sleep(0.05)
-        assert r.lookup(normalize_ip("10.1.0.2")).pod == "cart-8"
-        errors = {m.name: m.samples[0].value for m in r.collect()}
-        assert errors["netprobe_resolver_errors"] >= 1 and errors["netprobe_resolver_pods"] == 1
-    finally:
-        r.stop()

@@ -11,15 +11,14 @@ import pytest
 
 from agent_harness import ALL_PROGRAMS, AgentProcess, bpf_ids, bpf_objects_of, need_root
 from netprobe_testbed.netns import Lab, wait_until
-from node_agent.kernel.features import CAPABILITY_NAMES, KernelFeatures, effective_capabilities
+from node_agent.kernel.features import (CAPABILITY_NAMES, DAEMONSET_CAPABILITIES, KernelFeatures,
+                                       effective_capabilities)
 
 pytestmark = pytest.mark.kernel
 
 NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api")}
 OUT_AB = {"namespace": "shop", "pod": "cart-7", "peer_pod": "api-2", "direction": "outbound"}
 IN_BA = {"namespace": "payments", "pod": "api-2", "peer_pod": "cart-7", "direction": "inbound"}
-# What the DaemonSet grants (docs/agent.md); everything else is dropped.
-DAEMONSET_CAPS = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +192,8 @@ def test_shutdown_leaves_nothing_in_the_kernel(lab, pods_file, agent_factory, si
 
 
 def test_runs_with_only_the_daemonset_capabilities(lab, pods_file, tmp_path):
-    keep = [c for c in DAEMONSET_CAPS if c in effective_capabilities()]
-    drop = ",".join(f"cap_{c.lower()}" for c in CAPABILITY_NAMES if c not in DAEMONSET_CAPS)
+    keep = [c for c in DAEMONSET_CAPABILITIES if c in effective_capabilities()]
+    drop = ",".join(f"cap_{c.lower()}" for c in CAPABILITY_NAMES if c not in DAEMONSET_CAPABILITIES)
     agent = AgentProcess(tmp_path, ALL_PROGRAMS, pods_file, prefix=["capsh", f"--drop={drop}", "--", "-c",
                                                                     'exec "$0" "$@"'])
     try:

@@ -494,7 +494,7 @@ def test_self_metrics_describe_maps_and_the_agent(agent):
     assert s.value("netprobe_map_entries", program="tcp_connections", map="connections") > 0
     assert 0 < s.value("netprobe_map_fill_ratio", program="tcp_connections", map="connections") < 1
     assert s.value("netprobe_map_update_failures_total") == 0
-    assert s.value("netprobe_resolver_pods", resolver="static") == len(NAMES)
+    assert s.value("netprobe_resolver_pods", watch="file", state="live") == len(NAMES)
     assert s.all("netprobe_agent_info")[0].labels["headers"]
     assert s.value("netprobe_agent_scrape_duration_seconds") > 0
     assert s.value("netprobe_program_up") == len(ALL_PROGRAMS)

@@ -70,8 +70,8 @@ def test_start_moves_on_when_a_picked_port_is_taken_meanwhile(monkeypatch):
             ports[0] = squatter.getsockname()[1]   # etcd's client port
         picks.append(ports)
         return ports
-    real_pick = cluster._free_loopback_ports
-    monkeypatch.setattr(cluster, "_free_loopback_ports", first_pick_includes_a_taken_port)
+    real_pick = cluster.free_ports
+    monkeypatch.setattr(cluster, "free_ports", first_pick_includes_a_taken_port)
     try:
         with ControlPlane() as cp:
             assert len(picks) == 2

@@ -26,18 +26,18 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from kubernetes import client
 
+from netprobe_testbed.agent import AgentProcess
 from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
 from netprobe_testbed.netns import Lab
-from netprobe_testbed.prometheus import PrometheusServer, free_port
+from netprobe_testbed.processes import free_port
+from netprobe_testbed.prometheus import PrometheusServer
 from netprobe_testbed.volumes import write_volume
 
 from netprobe_testbed import operator_harness as nc  # install, operator as its ServiceAccount
@@ -87,7 +87,7 @@ class Stack:
         self.identities: dict[str, Identity] = {}
         self.connections_made: dict[tuple[str, str], int] = {}
         self.netprobe = None
-        self.agent: subprocess.Popen | None = None
+        self.agent: AgentProcess | None = None
         self.prom: PrometheusServer | None = None
         self.metrics_port = free_port()
         self.secret_volumes: dict[str, tuple[str, list, Path]] = {}   # volume -> (secret, items, dir)
@@ -187,12 +187,11 @@ class Stack:
         env["KUBECONFIG"] = str(self.cp.kubeconfig_for(NAMESPACE, spec.service_account_name))
         argv = [self._map_path(a, mounts) for a in [*container.command, *(container.args or [])]]
         argv[0] = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
-        self.agent_log = self.workdir / "agent.log"
-        self.agent = subprocess.Popen(argv, env=env, stdout=open(self.agent_log, "w"),
-                                      stderr=subprocess.STDOUT, cwd=self.workdir)
         (port,) = [p.container_port for p in container.ports if p.name == "metrics"]
         assert port == self.metrics_port
-        wait_for("the agent's /readyz", self._agent_ready, timeout=180, interval=1)
+        self.agent = AgentProcess(None, self.workdir / "agent.log", f"127.0.0.1:{port}",
+                                  command=argv, env=env, cwd=self.workdir).start()
+        self.agent.wait_ready(timeout=180)
         # Now the kubelet would see the readiness probe pass.
         mark_pod_running(self.api, NAMESPACE, pod.metadata.name, pod_ip=self.lab.host_ip4)
 
@@ -249,20 +248,10 @@ class Stack:
                 return str(local / os.path.relpath(arg, mount_path))
         return arg
 
-    def _agent_ready(self) -> bool:
-        if self.agent.poll() is not None:
-            raise AssertionError(f"agent exited {self.agent.returncode}:\n{self.agent_log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
     def agent_metrics(self) -> str:
         """/metrics as Prometheus gets it (HTTPS, its token, the CA and server name of the ServiceMonitor)."""
         if self.server_name is None:   # spec.agent.secureMetrics false
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-                return r.read().decode()
+            return self.agent.metrics_text()
         status, body = self.https_get("/metrics", token=self.prometheus_token)
         assert status == 200, (status, body[:300])
         return body
@@ -290,10 +279,7 @@ class Stack:
                 return tls.getpeercert(binary_form=True)
 
     def agent_log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.agent_log.read_text(errors="replace").splitlines()[-lines:])
-        except (OSError, AttributeError):
-            return "(no agent log)"
+        return self.agent.log_tail(lines) if self.agent else "(no agent log)"
 
     # --- Prometheus, as the ServiceMonitor says --------------------------------
     def _start_prometheus(self) -> None:
@@ -413,13 +399,8 @@ class Stack:
             self.prom.stop()
 
     def _stop_agent(self) -> None:
-        if self.agent and self.agent.poll() is None:
-            self.agent.send_signal(signal.SIGTERM)
-            try:
-                self.agent.wait(30)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                raise
+        if self.agent and self.agent.stop(30) == -signal.SIGKILL:
+            raise AssertionError("the agent did not stop within 30s of SIGTERM")
 
     def _remove_api_objects(self) -> None:
         if not self.netprobe:

@@ -10,6 +10,7 @@ import yaml
 from netprobe_operator import agent_support
 from node_agent import config as agent_config
 from netprobe_operator.program_schema import crd_field
+from node_agent.kernel.features import DAEMONSET_CAPABILITIES
 from node_agent.programs import CATALOGUE as AGENT_CATALOGUE
 
 from crd_schema import non_default
@@ -97,7 +98,7 @@ def test_daemonset_least_privilege(daemonset):
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]}
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": list(DAEMONSET_CAPABILITIES)}
     assert "SYS_ADMIN" not in json.dumps(daemonset)
     assert sc["readOnlyRootFilesystem"] is True
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"

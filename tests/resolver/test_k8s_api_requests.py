@@ -6,7 +6,8 @@ import urllib.parse
 import pytest
 from kubernetes import client
 
-from node_agent.resolver.kubernetes import ApiStatusError, KubeApi, Owner, ReplicaSetNotFound
+from node_agent.resolver.kubernetes.api import ApiStatusError, KubeApi, ReplicaSetNotFound
+from node_agent.resolver.kubernetes.pod_record import Owner
 
 
 class Reply:

@@ -4,7 +4,8 @@ import ipaddress
 import pytest
 
 from node_agent.resolver.base import PodRef, normalize_ip
-from node_agent.resolver.kubernetes import PodIndex, pod_record
+from node_agent.resolver.kubernetes.index import PodIndex
+from node_agent.resolver.kubernetes.pod_record import pod_record
 
 GRACE = 60.0
 

@@ -3,7 +3,7 @@ import ipaddress
 
 import pytest
 
-from node_agent.resolver.kubernetes import Owner, pod_record
+from node_agent.resolver.kubernetes.pod_record import Owner, pod_record
 
 
 def test_every_pod_ip_v4_and_v6_is_kept_in_order(pod):

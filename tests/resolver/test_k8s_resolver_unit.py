@@ -6,7 +6,8 @@ from kubernetes.client import ApiClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from node_agent.resolver.base import PodRef, Resolver, normalize_ip
-from node_agent.resolver.kubernetes import KubernetesResolver, ResolverConfigError, pod_record
+from node_agent.resolver.kubernetes import KubernetesResolver, ResolverConfigError
+from node_agent.resolver.kubernetes.pod_record import pod_record
 
 
 def resolver(**kwargs):

@@ -9,7 +9,10 @@ import pytest
 from kubernetes import client
 
 from node_agent.resolver.base import normalize_ip
-from node_agent.resolver.kubernetes import Backoff, KubeApi, PodIndex, PodWatch, WorkloadNamer
+from node_agent.resolver.kubernetes.api import KubeApi
+from node_agent.resolver.kubernetes.index import PodIndex
+from node_agent.resolver.kubernetes.watch import Backoff, PodWatch
+from node_agent.resolver.kubernetes.workload import WorkloadNamer
 
 
 class SilentApiServer(http.server.ThreadingHTTPServer):

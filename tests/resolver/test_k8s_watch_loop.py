@@ -9,8 +9,10 @@ import json
 import pytest
 
 from node_agent.resolver.base import PodRef, normalize_ip
-from node_agent.resolver.kubernetes import (ApiStatusError, Backoff, PodIndex, PodWatch, WatchExpired,
-                                            WorkloadNamer, _response_lines)
+from node_agent.resolver.kubernetes.api import ApiStatusError
+from node_agent.resolver.kubernetes.index import PodIndex
+from node_agent.resolver.kubernetes.watch import Backoff, PodWatch, WatchExpired, response_lines
+from node_agent.resolver.kubernetes.workload import WorkloadNamer
 
 
 class FakeResponse:
@@ -221,7 +223,7 @@ def test_forbidden_is_logged_as_missing_rbac(caplog):
 
 def test_lines_are_reassembled_across_chunks():
     response = FakeResponse(chunks=[b'{"a":', b'1}\n{"b"', b":2}\n\n", b'{"c":3}'])
-    assert [json.loads(line) for line in _response_lines(response)] == [{"a": 1}, {"b": 2}, {"c": 3}]
+    assert [json.loads(line) for line in response_lines(response)] == [{"a": 1}, {"b": 2}, {"c": 3}]
 
 
 def test_backoff_grows_to_its_cap_and_resets():

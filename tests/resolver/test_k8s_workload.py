@@ -1,8 +1,9 @@
 """Owner references to workload names."""
 import pytest
 
-from node_agent.resolver.kubernetes import (Owner, PodRecord, ReplicaSetNotFound, WorkloadNamer,
-                                            pod_record)
+from node_agent.resolver.kubernetes.api import ReplicaSetNotFound
+from node_agent.resolver.kubernetes.pod_record import Owner, PodRecord, pod_record
+from node_agent.resolver.kubernetes.workload import WorkloadNamer
 
 
 class FakeReplicaSets:

@@ -5,7 +5,8 @@ import threading
 import pytest
 
 from netprobe_testbed.netns import wait_until
-from netprobe_testbed.prometheus import PrometheusServer, free_port
+from netprobe_testbed.processes import free_port
+from netprobe_testbed.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.prometheus
 

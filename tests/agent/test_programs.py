@@ -457,7 +457,10 @@ def test_retransmits_equal_the_kernels_retransmitted_segments_under_gso_and_carr
         got, after = counts()
     print(family, got)
     a, missed = got["a"], got["missed"]
-    assert a["kernel_retrans"] > 50, "the loss made the kernel retransmit"
+    # How many segments a loss costs varies a lot from run to run (a dropped
+    # GSO packet takes up to 44 segments with it; 46 to 370 seen): assert only
+    # that there were some, and equality below.
+    assert a["kernel_retrans"] > 0, "the loss made the kernel retransmit"
     # Multi-segment retransmissions really happened: fewer events than segments.
     assert 0 < a["events"] < a["retrans"]
     for p in "ab":
@@ -477,14 +480,14 @@ def test_retransmits_equal_the_kernels_retransmitted_segments_under_gso_and_carr
     assert after.value("netprobe_tcp_retransmits_total", peer_namespace="shop", peer_pod="web-1") == 0
 
     # The alert's ratio, retransmits / segments sent, over the same interval:
-    # ~10 % of a's segments were lost, and the ratio says so.
+    # The ratio the alert computes is the kernel's RetransSegs / (OutSegs + RetransSegs).
     def ratio(labels):
         sent = after.value("netprobe_tcp_segments_sent_total", **labels) - \
             before.value("netprobe_tcp_segments_sent_total", **labels)
         assert sent > 0, labels
         return (after.value("netprobe_tcp_retransmits_total", **labels) -
                 before.value("netprobe_tcp_retransmits_total", **labels)) / sent
-    assert ratio(lossy) > 0.05
+    assert ratio(lossy) == pytest.approx(a["kernel_retrans"] / a["kernel_sent"]) and ratio(lossy) > 0
     assert ratio(clean) == 0
 
 

@@ -39,6 +39,26 @@ def test_btf_unknown_members_are_named():
         kernel_btf().offsetof("no_such_struct_np", "x")
 
 
+def test_drop_reasons_from_btf_agree_with_the_kfree_skb_tracepoints_own_table():
+    """Two sources in the running kernel, one table: every code the tracepoint
+    prints has the same name from BTF's enum skb_drop_reason. The tracepoint
+    never prints CONSUMED (it goes to consume_skb) nor NOT_DROPPED_YET."""
+    from node_agent.kernel.drop_reasons import TRACEPOINT_FORMATS, drop_reasons, from_btf, from_tracepoint_format
+    path = next((p for p in TRACEPOINT_FORMATS if os.path.exists(p)), None)
+    if path is None:
+        pytest.skip("no tracefs")
+    printed = from_tracepoint_format(Path(path).read_text())
+    named = from_btf(kernel_btf())
+    assert len(printed) > 50
+    assert {code: named.get(code) for code in printed} == dict(printed)
+    assert "CONSUMED" not in printed.values() and "NOT_DROPPED_YET" not in printed.values()
+    enum = kernel_btf().enum("skb_drop_reason")
+    assert named[enum["SKB_DROP_REASON_NOT_SPECIFIED"]] == "NOT_SPECIFIED"
+    if "SKB_CONSUMED" in enum:       # 6.3+: CONSUMED=1 moves NOT_SPECIFIED to 2
+        assert enum["SKB_CONSUMED"] == 1 and enum["SKB_DROP_REASON_NOT_SPECIFIED"] == 2
+    assert drop_reasons() == named and drop_reasons().source == "btf"
+
+
 # ---------------------------------------------------------------- headers
 
 def _fake_split_headers(root: Path, version: str) -> None:

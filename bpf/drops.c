@@ -3,8 +3,8 @@
  *
  * Hook: skb:kfree_skb, which the kernel fires only for a packet freed as
  * dropped (kfree_skb_reason/sk_skb_reason_drop); packets freed after use go
- * to skb:consume_skb, which is not hooked. Since 6.3 the kernel routes
- * reason SKB_CONSUMED to consume_skb itself; the program also refuses it
+ * to skb:consume_skb, which is not hooked. A kernel with reason SKB_CONSUMED
+ * routes it to consume_skb itself; the program also refuses it
  * (NP_SKB_CONSUMED, its value in the running kernel's BTF, when it has one),
  * so a kernel that ever passed it here would not count freed packets as
  * drops. Two ways to hook it, counting the same: a raw tracepoint

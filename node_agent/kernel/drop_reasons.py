@@ -20,7 +20,7 @@ from node_agent.kernel.btf import BTF, BTFError, kernel_btf
 
 log = logging.getLogger(__name__)
 
-# include/net/dropreason.h: a #define, so not in BTF; the same since subsystems came (6.4).
+# include/net/dropreason.h: a #define, so not in BTF; unchanged since drop reason subsystems came.
 SUBSYS_SHIFT = 16
 TRACEPOINT_FORMATS = ("/sys/kernel/tracing/events/skb/kfree_skb/format",
                       "/sys/kernel/debug/tracing/events/skb/kfree_skb/format")

@@ -59,6 +59,22 @@ def test_drop_reasons_from_btf_agree_with_the_kfree_skb_tracepoints_own_table():
     assert drop_reasons() == named and drop_reasons().source == "btf"
 
 
+def test_enum_values_reach_the_c_code_and_a_member_the_kernel_lacks_gives_no_define():
+    import dataclasses
+
+    from node_agent.programs import CATALOGUE
+    from node_agent.runtime.instance import compile_flags
+    spec = dataclasses.replace(CATALOGUE["drops"], btf_enum_values={
+        **CATALOGUE["drops"].btf_enum_values, "NP_NOT_THERE": ("skb_drop_reason", "SKB_DROP_REASON_NOT_THERE")})
+    flags = compile_flags(spec, spec.defaults(), spec.strategies[0])
+    enum = kernel_btf().enum("skb_drop_reason")
+    if "SKB_CONSUMED" in enum:
+        assert f"-DNP_SKB_CONSUMED={enum['SKB_CONSUMED']}" in flags
+    assert not [f for f in flags if f.startswith("-DNP_NOT_THERE")]
+    with pytest.raises(BTFError, match="enum no_such_enum_np"):
+        kernel_btf().enum("no_such_enum_np")
+
+
 # ---------------------------------------------------------------- headers
 
 def _fake_split_headers(root: Path, version: str) -> None:

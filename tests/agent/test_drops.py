@@ -131,6 +131,20 @@ def drops_delta(agent, before, after=None, **labels) -> float:
     return after.value("netprobe_drops_total", **labels) - before.value("netprobe_drops_total", **labels)
 
 
+def assert_counted(agent, before, after, expected: int, **labels) -> None:
+    """Exactly `expected` drops counted. On a plain tracepoint the kernel skips
+    the program while another tracing program runs on the CPU (a drop in a
+    softirq that interrupted one); it counts each skip (of any drop on the
+    node), and only that many may be missing. Raw tracepoints are never skipped."""
+    got = drops_delta(agent, before, after, **labels)
+    hook = dict(program="drops", hook="skb:kfree_skb")
+    missed = after.value("netprobe_program_missed_runs_total", **hook) - \
+        before.value("netprobe_program_missed_runs_total", **hook)
+    assert expected - missed <= got <= expected, (got, expected, missed)
+    if after.all("netprobe_program_info", attach="raw_tracepoint"):
+        assert missed == 0 and got == expected
+
+
 def wait_for_drops(agent, before, expected: int, **labels):
     """The scrape once `expected` drops are counted (or the last one tried)."""
     def counted():
@@ -171,7 +185,7 @@ def test_syns_and_datagrams_to_closed_ports_are_no_socket_drops_of_the_receiver(
     rsts = kernel_after["TcpOutRsts"] - kernel_before["TcpOutRsts"]
     udp = kernel_after[no_ports] - kernel_before[no_ports]
     assert (rsts, udp) == (syns, datagrams)
-    assert drops_delta(agent, before, after, **labels) == rsts + udp
+    assert_counted(agent, before, after, rsts + udp, **labels)
     # Nothing of it counted for the sender, nor as egress.
     assert drops_delta(agent, before, after, **pod_labels("a", reason=reason)) == 0
     assert drops_delta(agent, before, after, **pod_labels("b", direction="egress")) == 0
@@ -215,7 +229,7 @@ def test_an_nftables_input_drop_is_a_netfilter_drop_of_the_receiver_equal_to_the
         assert rule_counter(lab, "b") == n
     finally:
         delete_drop_rule(lab, "b")
-    assert drops_delta(agent, before, after, **labels) == n
+    assert_counted(agent, before, after, n, **labels)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -236,7 +250,7 @@ def test_an_nftables_output_drop_is_a_netfilter_drop_of_the_sender_egress(lab, a
         assert rule_counter(lab, "a") == n
     finally:
         delete_drop_rule(lab, "a")
-    assert drops_delta(agent, before, after, **labels) == n
+    assert_counted(agent, before, after, n, **labels)
     assert drops_delta(agent, before, after, **pod_labels("b", reason=reason)) == 0
 
 
@@ -260,7 +274,10 @@ def test_a_full_receive_buffer_is_a_socket_rcvbuff_drop_equal_to_rcvbuf_errors(l
             kernel = nstat(lab, "b")[errors] - kernel_before[errors]
             s = agent.scrape()
             again = nstat(lab, "b")[errors] - kernel_before[errors]
-            return (kernel, s) if kernel == again == drops_delta(agent, before, s, **labels) else None
+            missed = s.value("netprobe_program_missed_runs_total", program="drops") - \
+                before.value("netprobe_program_missed_runs_total", program="drops")
+            return (kernel, s) if kernel == again and drops_delta(agent, before, s, **labels) + missed >= kernel \
+                else None
         try:
             kernel, after = wait_until(settled, timeout=10, what="rcvbuf drops counted")
         except TimeoutError:
@@ -270,7 +287,7 @@ def test_a_full_receive_buffer_is_a_socket_rcvbuff_drop_equal_to_rcvbuf_errors(l
         receiver.stdin.flush()
         receiver.wait(timeout=10)
     assert 0 < kernel < n, "a tiny buffer holds a few datagrams and drops the rest"
-    assert drops_delta(agent, before, after, **labels) == kernel
+    assert_counted(agent, before, after, kernel, **labels)
 
 
 def test_drops_without_addresses_of_a_pod_go_to_host(lab, agent):
@@ -283,7 +300,7 @@ def test_drops_without_addresses_of_a_pod_go_to_host(lab, agent):
     sent, _ = map(int, lab.pods["a"].run([sys.executable, "-c", _SEND_UDP, lab.host_ip4, 7141, 5, 10]).stdout.split())
     assert sent == 5
     after = wait_for_drops(agent, before, 5, **labels)
-    assert drops_delta(agent, before, after, **labels) == 5
+    assert_counted(agent, before, after, 5, **labels)
 
 
 def test_every_drop_series_has_the_declared_labels(agent):

@@ -16,11 +16,14 @@ delta of runs: one run = one event (a tracepoint hit).
 Two reference programs run in the same window on net:netif_receive_skb: an
 empty one and one that increments a per-CPU counter. They show the floor of
 this machine (the statistics' own clock reads included, a VM's clock too), so
-the agent's figures can be read against what any program costs here.
+the agent's figures can be read against what any program costs here. A third,
+empty, on skb:kfree_skb as a raw tracepoint, is the floor of the drop path
+(rarer, colder events) that the drops program sits on.
 
 Traffic while measuring: one iperf3 stream (segments and ACKs: tcp_probe,
 receive path), short connections with every 10th to a closed port (state
-changes, resets), and a pair with 20 % random loss (retransmits).
+changes, resets; NO_SOCKET drops), and a pair with 20 % random loss
+(retransmits; NETFILTER_DROP drops).
 """
 from __future__ import annotations
 
@@ -109,6 +112,11 @@ int ref_empty(void *ctx)
     return 0;
 }
 
+int ref_empty_drop(void *ctx)
+{
+    return 0;
+}
+
 int ref_count(void *ctx)
 {
     u32 zero = 0;
@@ -118,7 +126,11 @@ int ref_count(void *ctx)
     return 0;
 }
 """
-REFERENCES = {"ref_empty": "reference: empty program", "ref_count": "reference: per-CPU counter increment"}
+DROP_TRACEPOINT = "kfree_skb"   # skb:kfree_skb, raw
+REFERENCES = {"ref_empty": "reference: empty program", "ref_count": "reference: per-CPU counter increment",
+              "ref_empty_drop": "reference: empty program"}
+REFERENCE_HOOKS = {"ref_empty": REFERENCE_TRACEPOINT, "ref_count": REFERENCE_TRACEPOINT,
+                   "ref_empty_drop": "skb:kfree_skb, raw"}
 
 
 class ReferencePrograms:
@@ -140,7 +152,10 @@ class ReferencePrograms:
             for fn in REFERENCES:
                 bpf = BPF(text=_REFERENCE_PROGRAMS)
                 self.objects.append(bpf)
-                bpf.attach_tracepoint(tp=REFERENCE_TRACEPOINT, fn_name=fn)
+                if fn == "ref_empty_drop":
+                    bpf.attach_raw_tracepoint(tp=DROP_TRACEPOINT, fn_name=fn)
+                else:
+                    bpf.attach_tracepoint(tp=REFERENCE_TRACEPOINT, fn_name=fn)
         except Exception:
             self.cleanup()
             raise
@@ -202,7 +217,7 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
         runs = rec.get("run_cnt", 0) - prev.get("run_cnt", 0)
         ns = rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0)
         if prog_id in reference_ids:
-            what, target, into = f"{REFERENCES.get(rec['name'], rec['name'])} ({REFERENCE_TRACEPOINT})", "", \
+            what, target, into = f"{REFERENCES.get(rec['name'], rec['name'])} ({REFERENCE_HOOKS.get(rec['name'], '?')})", "", \
                 reference_figures
         else:
             what, target, into = describe_prog(rec["name"], owners), f"<= {TARGET_NS}", agent_figures
@@ -211,9 +226,12 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
         else:
             into.append(Figure(NAME, what, ns / runs, "ns/event", target,
                                f"{runs} events in {window:.1f}s ({runs / window:,.0f}/s), {rec['type']}"))
-    floor = next((f.value for f in reference_figures if f.what.startswith(REFERENCES["ref_empty"])), None)
-    if floor is not None and not math.isnan(floor):
-        for f in agent_figures:
-            if not math.isnan(f.value):
-                f.detail += f"; {f.value - floor:,.0f} ns above the empty program"
+    # each agent program against the empty program on its own path: the drop
+    # path's (kfree_skb) for the programs there, the receive path's for the rest
+    floors = {hook: f.value for f in reference_figures for fn, hook in REFERENCE_HOOKS.items()
+              if fn.startswith("ref_empty") and f.what == f"{REFERENCES[fn]} ({hook})" and not math.isnan(f.value)}
+    for f in agent_figures:
+        hook = REFERENCE_HOOKS["ref_empty_drop"] if "(skb:kfree_skb)" in f.what else REFERENCE_TRACEPOINT
+        if hook in floors and not math.isnan(f.value):
+            f.detail += f"; {f.value - floors[hook]:,.0f} ns above the empty program on {hook}"
     return sorted(agent_figures, key=lambda f: f.what) + sorted(reference_figures, key=lambda f: f.what)

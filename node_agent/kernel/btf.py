@@ -6,8 +6,10 @@ never dereference a kernel struct with offsets taken from those headers. The
 programs that read struct fields get the offsets from /sys/kernel/btf/vmlinux
 instead, as -D constants at compile time.
 
-Only what that needs is parsed: the type section's layout and the members of
-structs and unions (anonymous members are searched through, as C does).
+Only what that needs is parsed: the type section's layout, the members of
+structs and unions (anonymous members are searched through, as C does), and
+the values of named enums (codes the kernel defines, e.g. enum
+skb_drop_reason, renumbered between kernel versions).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class BTF:
         self._strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
         self._offsets = [0]            # type id -> offset of its header (id 0 is void)
         self._by_name: dict[str, list[int]] = {}
+        self._enums: dict[str, list[int]] = {}      # enum name -> offsets of its headers
         pos, end = self._types_at, self._types_at + type_len
         while pos < end:
             name_off, info, _ = struct.unpack_from("<III", data, pos)
@@ -50,6 +53,8 @@ class BTF:
             self._offsets.append(pos)
             if kind in (STRUCT, UNION) and name_off:
                 self._by_name.setdefault(self._str(name_off), []).append(type_id)
+            elif kind in (ENUM, ENUM64) and name_off:
+                self._enums.setdefault(self._str(name_off), []).append(pos)
             pos += 12 + _FIXED_EXTRA.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
 
     @classmethod
@@ -60,6 +65,26 @@ class BTF:
     def _str(self, off: int) -> str:
         end = self._strings.index(b"\0", off)
         return self._strings[off:end].decode()
+
+    def enum(self, name: str) -> dict[str, int]:
+        """Member name -> value of a named enum (the definition with the most members)."""
+        found = self._enums.get(name)
+        if not found:
+            raise BTFError(f"enum {name} not in the kernel's BTF")
+        pos = max(found, key=lambda p: struct.unpack_from("<I", self._data, p + 4)[0] & 0xFFFF)
+        _, info, _ = struct.unpack_from("<III", self._data, pos)
+        kind, vlen, signed = (info >> 24) & 0x1F, info & 0xFFFF, info >> 31
+        values = {}
+        for i in range(vlen):
+            if kind == ENUM:
+                name_off, value = struct.unpack_from("<Ii" if signed else "<II", self._data, pos + 12 + 8 * i)
+            else:
+                name_off, lo, hi = struct.unpack_from("<III", self._data, pos + 12 + 12 * i)
+                value = hi << 32 | lo
+                if signed and value >> 63:
+                    value -= 1 << 64
+            values[self._str(name_off)] = value
+        return values
 
     def _header(self, type_id: int) -> tuple[int, int, int, int, int]:
         pos = self._offsets[type_id]

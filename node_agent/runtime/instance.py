@@ -78,6 +78,12 @@ def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[
         btf = kernel_btf()
         for define, (struct, member) in spec.btf_offsets.items():
             flags.append(f"-D{define}={btf.offsetof(struct, member)}")
+    if spec.btf_enum_values:
+        btf = kernel_btf()
+        for define, (enum, member) in spec.btf_enum_values.items():
+            value = btf.enum(enum).get(member)
+            if value is not None:
+                flags.append(f"-D{define}={value}")
     return flags
 
 

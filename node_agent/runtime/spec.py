@@ -213,6 +213,9 @@ class ProgramSpec:
     discards: tuple[str, ...] = ()
     # -D name -> (struct, member path): offsets read from the kernel's BTF
     btf_offsets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # -D name -> (enum, member): values of enums read from the kernel's BTF;
+    # a member the running kernel lacks gives no -D (the C tests #ifdef)
+    btf_enum_values: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Which strategies to try given the options (default: all, in order).
     choose_strategies: Callable[[dict], tuple[str, ...] | None] | None = None
 

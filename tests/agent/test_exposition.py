@@ -285,7 +285,9 @@ class _FakeInstance:
             key_struct = key_type(decoders)
             self.keys[map_name] = KeyFields.of(key_struct)
             code = next((d for d in decoders if isinstance(d, Code)), None)
-            codes = sorted({c for m in metrics for d in m.key if isinstance(d, Code) for c in d.values}) or [0]
+            # a code table may be the running kernel's (a function; e.g. drop reasons): a few of its codes
+            codes = sorted({c for m in metrics for d in m.key if isinstance(d, Code)
+                            for c in (d.values() if callable(d.values) else d.values)})[:8] or [0]
             slots = range(0, 40) if metrics[0].slot is not None else [None]
             items = []
             for local, remote in pairs:

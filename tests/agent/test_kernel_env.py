@@ -36,6 +36,42 @@ def test_btf_unknown_members_are_named():
         kernel_btf().offsetof("no_such_struct_np", "x")
 
 
+def test_drop_reasons_from_btf_agree_with_the_kfree_skb_tracepoints_own_table():
+    """Two sources in the running kernel, one table: every code the tracepoint
+    prints has the same name from BTF's enum skb_drop_reason. The tracepoint
+    never prints CONSUMED (it goes to consume_skb) nor NOT_DROPPED_YET."""
+    from node_agent.kernel.drop_reasons import TRACEPOINT_FORMATS, drop_reasons, from_btf, from_tracepoint_format
+    path = next((p for p in TRACEPOINT_FORMATS if os.path.exists(p)), None)
+    if path is None:
+        pytest.skip("no tracefs")
+    printed = from_tracepoint_format(Path(path).read_text())
+    named = from_btf(kernel_btf())
+    assert len(printed) > 50
+    assert {code: named.get(code) for code in printed} == dict(printed)
+    assert "CONSUMED" not in printed.values() and "NOT_DROPPED_YET" not in printed.values()
+    enum = kernel_btf().enum("skb_drop_reason")
+    assert named[enum["SKB_DROP_REASON_NOT_SPECIFIED"]] == "NOT_SPECIFIED"
+    if "SKB_CONSUMED" in enum:       # 6.3+: CONSUMED=1 moves NOT_SPECIFIED to 2
+        assert enum["SKB_CONSUMED"] == 1 and enum["SKB_DROP_REASON_NOT_SPECIFIED"] == 2
+    assert drop_reasons() == named and drop_reasons().source == "btf"
+
+
+def test_enum_values_reach_the_c_code_and_a_member_the_kernel_lacks_gives_no_define():
+    import dataclasses
+
+    from node_agent.programs import CATALOGUE
+    from node_agent.runtime.instance import compile_flags
+    spec = dataclasses.replace(CATALOGUE["drops"], btf_enum_values={
+        **CATALOGUE["drops"].btf_enum_values, "NP_NOT_THERE": ("skb_drop_reason", "SKB_DROP_REASON_NOT_THERE")})
+    flags = compile_flags(spec, spec.defaults(), spec.strategies[0])
+    enum = kernel_btf().enum("skb_drop_reason")
+    if "SKB_CONSUMED" in enum:
+        assert f"-DNP_SKB_CONSUMED={enum['SKB_CONSUMED']}" in flags
+    assert not [f for f in flags if f.startswith("-DNP_NOT_THERE")]
+    with pytest.raises(BTFError, match="enum no_such_enum_np"):
+        kernel_btf().enum("no_such_enum_np")
+
+
 # ---------------------------------------------------------------- headers
 
 def _fake_split_headers(root: Path, version: str) -> None:

@@ -13,6 +13,7 @@ from agent_harness import ALL_PROGRAMS, AgentProcess, bpf_ids, bpf_objects_of, n
 from netprobe_testbed.netns import Lab, wait_until
 from node_agent.kernel.features import (CAPABILITY_NAMES, DAEMONSET_CAPABILITIES, KernelFeatures,
                                        effective_capabilities)
+from node_agent.programs import CATALOGUE
 
 pytestmark = pytest.mark.kernel
 
@@ -181,7 +182,10 @@ def test_shutdown_leaves_nothing_in_the_kernel(lab, pods_file, agent_factory, si
     pinned_before = sorted(p.name for p in Path("/sys/fs/bpf").iterdir())
     agent = agent_factory(ALL_PROGRAMS, pods_file).start()
     held = bpf_objects_of(agent.proc.pid)
-    assert len(held["prog"]) == 9 and held["map"], held       # 3 + 3 + 1 + 2 programs
+    # one BPF program per hook of the strategy each program got
+    hooks = sum(len(CATALOGUE[x.labels["program"]].strategy(x.labels["attach"]).attachments)
+                for x in agent.scrape().all("netprobe_program_info"))
+    assert hooks >= len(CATALOGUE) and len(held["prog"]) == hooks and held["map"], held
     agent.proc.send_signal(sig)
     assert agent.proc.wait(timeout=60) == 0
     left = bpf_ids()
@@ -203,7 +207,7 @@ def test_runs_with_only_the_daemonset_capabilities(lab, pods_file, tmp_path):
         held = {name for bit, name in enumerate(CAPABILITY_NAMES) if cap_eff >> bit & 1}
         assert held == set(keep) and "SYS_ADMIN" not in held
         s = agent.scrape()
-        assert s.value("netprobe_program_up") == 4, agent.log_path.read_text()[-2000:]
+        assert s.value("netprobe_program_up") == len(CATALOGUE), agent.log_path.read_text()[-2000:]
         assert_counts_connections(lab, agent, 7103)
     finally:
         assert agent.stop() == 0

@@ -1,7 +1,7 @@
-"""The four programs in the running kernel, with traffic between network
+"""The programs in the running kernel, with traffic between network
 namespaces and exact counts where the truth is known.
 
-One lab and one agent (all four programs) serve the module; every assertion
+One lab and one agent (every program) serve the module; every assertion
 is a difference between two scrapes and filtered by this lab's pod labels,
 so other labs and agents running at the same time cannot disturb it.
 """

@@ -106,6 +106,36 @@ def test_a_key_without_addresses_decodes_codes_and_numbers():
     assert labels(key.unpack(bytes(Drop(99, 0, 1)))) == ("99", "1")
 
 
+class _DropKey(ctypes.Structure):         # struct drop_key of bpf/drops.c
+    _fields_ = [("pair", _Pair), ("reason", ctypes.c_uint), ("direction", ctypes.c_uint)]
+
+
+def test_drop_key_names_reasons_by_the_kernels_table_subsystems_and_unknown_codes_by_number():
+    """The reason table is the running kernel's (a function, read at scrape
+    time): here a 6.1-like one, where 1 is NOT_SPECIFIED, with openvswitch as
+    subsystem 3; a subsystem code outside it is "SUBSYSTEM:n", any other
+    unknown code its number."""
+    from node_agent.kernel.drop_reasons import ReasonNames
+    from node_agent.programs.drops import DIRECTION, REASON
+    table = ReasonNames({1: "NOT_SPECIFIED", 2: "NO_SOCKET"}, {3: "OPENVSWITCH"})
+    (metric,) = CATALOGUE["drops"].metrics
+    key = KeyFields.of(_DropKey)
+    key.check(metric.key_fields, metric.name)
+    local = ipaddress.IPv6Address("::ffff:10.77.3.2").packed
+    remote = ipaddress.IPv6Address("::ffff:10.77.3.3").packed
+    resolver = DictResolver({"10.77.3.2": PodRef("shop", "web-1", "web")})
+    scope = LabelScope(resolver, ("namespace", "pod", "peer_pod"), frozenset())
+    metric = Metric(metric.name, metric.kind, metric.help, metric.map,
+                    key=tuple(Code(d.field, d.label, lambda: table) if d is REASON else d for d in metric.key))
+    labels = labeler(metric, key, scope)
+    ingress, egress = (next(c for c, n in DIRECTION.values.items() if n == name) for name in ("ingress", "egress"))
+    assert labels(key.unpack(bytes(_DropKey(_Pair.from_buffer_copy(local + remote), 1, ingress)))) == \
+        ("shop", "web-1", "external", "NOT_SPECIFIED", "ingress")
+    assert labels(key.unpack(bytes(_DropKey(_Pair.from_buffer_copy(local + remote), 3 << 16 | 7, egress)))) == \
+        ("shop", "web-1", "external", "OPENVSWITCH:7", "egress")
+    assert labels(key.unpack(bytes(_DropKey(_Pair(), 999, ingress))))[3] == "999"
+
+
 def test_error_slots_and_codes_reach_the_c_code_as_constants():
     constants = CATALOGUE["tcp_connections"].constants()
     assert constants["ERR_NP_SOCKETS"] == 0 and constants["ERR_RESETS"] == 3

@@ -16,6 +16,8 @@ proves one claim of the issue on the traffic made by the fixture.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import re
 import ssl
 import time
@@ -108,6 +110,35 @@ def test_rx_latency_p90_for_receiving_pods(stack):
              f'{{namespace="{ident.namespace}",pod="{ident.pod}"}}[2m])))')
         res = stack.wait_query(q, lambda r: r and r[0]["value"][1] not in ("NaN", "+Inf"), what=f"p90 of {name}")
         assert 0 < _value(res) < 1.0
+
+
+def _kernel_reason_name(member: str) -> str:
+    """What the running kernel calls a drop reason: its code from BTF, its name
+    from the kfree_skb tracepoint's own table."""
+    from node_agent.kernel.btf import kernel_btf
+    from node_agent.kernel.drop_reasons import TRACEPOINT_FORMATS, from_tracepoint_format
+    code = kernel_btf().enum("skb_drop_reason")[member]
+    path = next(p for p in TRACEPOINT_FORMATS if os.path.exists(p))
+    return from_tracepoint_format(open(path).read())[code]
+
+
+def test_drops_by_kernel_reason_reach_prometheus_per_pod(stack):
+    """The two refused connections web -> api are NO_SOCKET drops of api
+    (ingress, peer web), as many as the RSTs api's kernel sent (its netns is
+    the lab's: all its RSTs are these); the lossy pair's nftables rule drops
+    packets cart sent db: NETFILTER_DROP of db, peer cart."""
+    api, web, db, cart = (stack.identity(p) for p in ("api", "web", "db", "cart"))
+    rsts = json.loads(stack.lab.pods["api"].run(["nstat", "-asz", "--json", "TcpOutRsts"]).stdout)["kernel"]["TcpOutRsts"]
+    assert rsts == 2
+    no_socket = _kernel_reason_name("SKB_DROP_REASON_NO_SOCKET")
+    q = (f'sum(netprobe_drops_total{{namespace="{api.namespace}",pod="{api.pod}",reason="{no_socket}",'
+         f'direction="ingress",peer_namespace="{web.namespace}",peer_pod="{web.pod}"}})')
+    got = stack.wait_query(q, lambda r: r and _value(r) >= rsts, what="NO_SOCKET drops of api")
+    assert _value(got) == rsts
+    netfilter = _kernel_reason_name("SKB_DROP_REASON_NETFILTER_DROP")
+    q = (f'sum(netprobe_drops_total{{namespace="{db.namespace}",pod="{db.pod}",reason="{netfilter}",'
+         f'direction="ingress",peer_pod="{cart.pod}"}}) > 0')
+    stack.wait_query(q, what="NETFILTER_DROP drops of db")
 
 
 def test_every_dashboard_panel_has_data(stack):

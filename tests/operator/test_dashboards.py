@@ -64,11 +64,13 @@ def test_overview_has_the_panels_a_user_opens_first(dashboards):
     overview = dashboards["netprobe-demo-overview.json"]
     exprs = " ".join(e for _, e in panel_queries(overview))
     for metric in ("netprobe_tcp_connections_active", "netprobe_tcp_retransmits_total",
-                   "netprobe_tcp_rtt_seconds_bucket", "netprobe_rx_latency_seconds_bucket"):
+                   "netprobe_tcp_rtt_seconds_bucket", "netprobe_rx_latency_seconds_bucket", "netprobe_drops_total"):
         assert metric in exprs
     # the seed article's panel: kernel receive latency, 90th percentile
     titles = {t: e for t, e in panel_queries(overview)}
     assert titles["Kernel receive latency p90 by node"].startswith("histogram_quantile(0.9,")
+    assert titles["Drops /s by reason per namespace"].startswith(
+        "sum by (namespace, reason) (rate(netprobe_drops_total{")
     for quantile in ("0.5", "0.9", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(netprobe_tcp_rtt_seconds_bucket" in exprs
         assert f"histogram_quantile({quantile}, sum by (le) (rate(netprobe_rx_latency_seconds_bucket" in exprs

@@ -208,7 +208,7 @@ def test_prometheus_scrapes_over_https_with_its_serviceaccount_token(stack):
     (target,) = [t for t in stack.prom.targets() if t["labels"]["job"] == f"netprobe-{e2e_stack.PROBE}"]
     assert target["scrapeUrl"].startswith("https://") and target["health"] == "up", target
     assert target["lastError"] == ""
-    assert "metrics_tls=on metrics_authorization=kubernetes" in stack.agent_log.read_text()
+    assert "metrics_tls=on metrics_authorization=kubernetes" in stack.agent.log_path.read_text()
 
 
 def test_no_token_is_401_and_a_token_without_the_right_is_403(stack):
@@ -267,5 +267,5 @@ def test_certificate_rotation_without_agent_restart(stack):
         last = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", t["lastScrape"]).replace("Z", "+00:00"))
         return t if last.timestamp() > rotated_at + 2 and t["health"] == "up" else False
     wait_until(scraped_since, timeout=30, interval=1, what="Prometheus to scrape with the new certificate")
-    assert stack.agent.poll() is None and stack.agent.pid == pid, "the agent restarted"
-    assert "tls: certificate reloaded" in stack.agent_log.read_text()
+    assert stack.agent.proc.poll() is None and stack.agent.pid == pid, "the agent restarted"
+    assert "tls: certificate reloaded" in stack.agent.log_path.read_text()

@@ -78,6 +78,8 @@ def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[
         btf = kernel_btf()
         for define, (struct, member) in spec.btf_offsets.items():
             flags.append(f"-D{define}={btf.offsetof(struct, member)}")
+    if spec.kernel_constants:
+        flags += [f"-D{name}={value}" for name, value in spec.kernel_constants().items()]
     return flags
 
 

@@ -213,6 +213,12 @@ class ProgramSpec:
     discards: tuple[str, ...] = ()
     # -D name -> (struct, member path): offsets read from the kernel's BTF
     btf_offsets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # -D constants the running kernel decides, read at the config stage (e.g.
+    # its memory layout); a ValueError or OSError fails the program's config stage.
+    kernel_constants: Callable[[], dict[str, int | str]] | None = None
+    # Called at each scrape before the maps are read, with the running
+    # instance (e.g. to expire entries older than a timeout).
+    before_scrape: Callable[[Any], None] | None = None
     # Which strategies to try given the options (default: all, in order).
     choose_strategies: Callable[[dict], tuple[str, ...] | None] | None = None
 

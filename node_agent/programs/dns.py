@@ -91,11 +91,13 @@ def expire_pending(inst) -> None:
     for raw, n in counts.items():
         key = timeouts.Key.from_buffer_copy(raw)
         try:
-            current = sum(timeouts[key])
+            current = sum(timeouts.getvalue(key))
         except KeyError:
             current = 0
+        leaf = timeouts.Leaf()          # one value per CPU: the total on the first
+        leaf[0] = current + n
         try:
-            timeouts[key] = [current + n] + [0] * (timeouts.total_cpu - 1)
+            timeouts[key] = leaf
         except Exception as e:
             log.warning("timeouts not recorded", extra={"kv": {"program": "dns", "count": n, "error": str(e)}})
 

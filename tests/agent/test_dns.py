@@ -1,5 +1,5 @@
 """The dns program in the running kernel: a real DNS server (dnslib, known
-behaviour per name: tests/agent/dns_server.py) in one network namespace, real
+behaviour per name: hack/netprobe_testbed/dns_server.py) in one network namespace, real
 clients (dig, and glibc through getent) in others, exact counts.
 
 Every query here crosses the client's veth, the lab's bridge and the server's
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab, wait_until
 
 from agent_harness import AgentProcess, need_root
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.kernel
 
 NAMES = {"s": ("kube-system", "coredns-1", "coredns"), "a": ("shop", "cart-7", "cart"),
          "b": ("payments", "api-2", "api"), "m": ("batch", "fuzz-1", "fuzz"), "c": ("shop", "web-1", "web")}
-SERVER = Path(__file__).with_name("dns_server.py")
+SERVER = Path(dns_server.__file__)
 TIMEOUT_MS = 1000
 FAMILIES = ["ip4", "ip6"]
 TRANSPORTS = ["udp", "tcp"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab, wait_until
 
 from agent_harness import ALL_PROGRAMS, LABELS, AgentProcess, need_root
@@ -50,7 +51,7 @@ for arg in sys.argv[2:]:
         s.sendto(bytes.fromhex(arg), (sys.argv[1], 53))
 time.sleep(0.3)
 """
-DNS_SERVER = Path(__file__).with_name("dns_server.py")
+DNS_SERVER = Path(dns_server.__file__)
 
 
 def pod_labels(lab_pod: str, peer: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""A DNS server with known behaviour per name, for the dns program's tests.
+"""A DNS server with known behaviour per name, for the dns program's tests and bench.
 
 Run in a network namespace: `python dns_server.py PORT`; prints "ready" once it
 listens on UDP and TCP [::]:PORT (dual stack). Names (any qtype):

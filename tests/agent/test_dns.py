@@ -77,11 +77,15 @@ def lab():
         yield lab
 
 
-@pytest.fixture(scope="module")
-def agent(lab, tmp_path_factory):
+# Every test runs with both hooks: raw tracepoints (the default) and the
+# tracepoints' records (the fallback), which must count the same.
+@pytest.fixture(scope="module", params=["raw_tracepoint", "tracepoint"])
+def agent(lab, tmp_path_factory, request):
     workdir = tmp_path_factory.mktemp("agent")
     pods = lab.write_static_resolver(workdir / "pods.yaml", NAMES)
-    agent = AgentProcess(workdir, {"dns": {"timeout_ms": TIMEOUT_MS}}, pods).start()
+    agent = AgentProcess(workdir, {"dns": {"timeout_ms": TIMEOUT_MS, "attach": request.param}}, pods).start()
+    s = agent.scrape()
+    assert [x.labels["attach"] for x in s.all("netprobe_program_info", program="dns")] == [request.param]
     yield agent
     assert agent.stop() == 0
 

@@ -53,7 +53,10 @@
 /* Where the kernel maps physical memory and its struct page array: fixed
  * (NP_PAGE_OFFSET, NP_VMEMMAP) or, on a randomized layout, read at run time
  * from the variables at these kallsyms addresses. */
-#ifdef NP_PAGE_OFFSET_BASE_SYM
+#if defined(NP_NO_PAGE_FRAGS)
+#define NP_PAGE_OFFSET 0ULL
+#define NP_VMEMMAP 0ULL
+#elif defined(NP_PAGE_OFFSET_BASE_SYM)
 static __always_inline u64 np_kernel_u64(u64 addr)
 {
     u64 v = 0;
@@ -278,6 +281,9 @@ static __always_inline u32 copy_payload(const struct skb_fields *f, const struct
     if (from_data >= 0 && from_data < (s64)linear) {
         src = start;
     } else {
+#ifdef NP_NO_PAGE_FRAGS
+        return 0;                                       /* the kernel's memory layout is unknown */
+#endif
         /* skb_shinfo(skb)->frags[0]: its page's address in the direct map */
         u8 frag[16];
         const u8 *shinfo = f->head + f->end;

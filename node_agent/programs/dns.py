@@ -37,6 +37,9 @@ X86_64_PAGE_OFFSET = 0xFFFF888000000000
 X86_64_VMEMMAP = 0xFFFFEA0000000000
 
 
+X86_64_TEXT = 0xFFFFFFFF81000000     # _text of a kernel whose layout is not randomized
+
+
 def _kallsyms(names: set[str]) -> dict[str, int]:
     found = {}
     with open("/proc/kallsyms") as f:
@@ -49,21 +52,28 @@ def _kallsyms(names: set[str]) -> dict[str, int]:
 
 def kernel_layout() -> dict[str, int | str]:
     """Where the running kernel maps memory, to read TCP payload from a page
-    fragment: from kallsyms when the layout is randomized (the program reads
-    page_offset_base and vmemmap_base at run time), else x86-64's fixed one."""
+    fragment: page_offset_base and vmemmap_base read by the program at run
+    time when kallsyms lists them (a randomized layout), x86-64's fixed
+    addresses when the kernel is not randomized (_text at its link address).
+    kallsyms shows addresses only to CAP_SYSLOG (or with kptr_restrict 0 and
+    perf_event_paranoid <= 1); without them the layout is unknown and
+    NP_NO_PAGE_FRAGS leaves payload in page fragments unread (docs/agent.md)."""
     from node_agent.kernel.btf import kernel_btf
-    if platform.machine() != "x86_64":
-        raise ValueError(f"dns reads TCP payload through x86-64's memory layout; this is {platform.machine()}")
     out: dict[str, int | str] = {"NP_STRUCT_PAGE_SIZE": kernel_btf().sizeof("page")}
-    syms = _kallsyms({"page_offset_base", "vmemmap_base"})
-    if syms.get("page_offset_base") or syms.get("vmemmap_base"):
-        if not (syms.get("page_offset_base") and syms.get("vmemmap_base")):
-            raise ValueError("kallsyms lists one of page_offset_base, vmemmap_base but not the other")
+    syms = _kallsyms({"_text", "page_offset_base", "vmemmap_base"}) if platform.machine() == "x86_64" else {}
+    if syms.get("page_offset_base") and syms.get("vmemmap_base"):
         out["NP_PAGE_OFFSET_BASE_SYM"] = f"{syms['page_offset_base']:#x}ULL"
         out["NP_VMEMMAP_BASE_SYM"] = f"{syms['vmemmap_base']:#x}ULL"
-    else:
+    elif syms.get("_text") == X86_64_TEXT and "page_offset_base" not in syms:
         out["NP_PAGE_OFFSET"] = f"{X86_64_PAGE_OFFSET:#x}ULL"
         out["NP_VMEMMAP"] = f"{X86_64_VMEMMAP:#x}ULL"
+    else:
+        why = (f"architecture {platform.machine()}" if platform.machine() != "x86_64" else
+               "kallsyms hides addresses (needs CAP_SYSLOG)" if not syms.get("_text") else
+               "randomized layout without page_offset_base in kallsyms")
+        log.warning("TCP DNS payload in page fragments will not be read",
+                    extra={"kv": {"program": "dns", "reason": why}})
+        out["NP_NO_PAGE_FRAGS"] = 1
     return out
 
 

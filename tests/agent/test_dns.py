@@ -104,6 +104,14 @@ def dig(lab, client: str, family: str, queries: list[tuple[str, str]], transport
     return [line.split()[-1] for line in out.splitlines()]
 
 
+def udp_datagrams(lab, pod: str, family: str) -> tuple[int, int]:
+    """(sent, received) UDP datagrams of the pod's namespace, the kernel's own count."""
+    prefix = "Udp6" if family == "ip6" else "Udp"
+    out = lab.pods[pod].run(["nstat", "-saz", f"{prefix}OutDatagrams", f"{prefix}InDatagrams"]).stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.startswith(prefix)}
+    return counts[f"{prefix}OutDatagrams"], counts[f"{prefix}InDatagrams"]
+
+
 def delta(after, before, name, **match) -> float:
     return after.value(name, **match) - before.value(name, **match)
 
@@ -114,10 +122,10 @@ def test_queries_by_qtype_and_responses_by_rcode_are_exact(lab, agent, family, t
     asks = ([(f"q{i}.ok.test", "A") for i in range(3)] + [(f"q{i}.ok.test", "AAAA") for i in range(2)] +
             [(f"q{i}.ok.test", "TXT") for i in range(2)] + [("big.ok.test", "TXT")] +
             [("nx1.test", "A"), ("nx2.test", "A"), ("fail.test", "A"), ("refused.test", "A")])
-    before = agent.scrape()
+    before, udp_before = agent.scrape(), udp_datagrams(lab, "a", family)
     statuses = dig(lab, "a", family, asks, transport)
     assert statuses == ["NOERROR"] * 8 + ["NXDOMAIN", "NXDOMAIN", "SERVFAIL", "REFUSED"]
-    after = agent.scrape()
+    after, udp_after = agent.scrape(), udp_datagrams(lab, "a", family)
     a = labels("a", transport=transport)
     assert {q: delta(after, before, QUERIES, qtype=q, **a) for q in ("A", "AAAA", "TXT")} == \
         {"A": 7, "AAAA": 2, "TXT": 3}
@@ -127,6 +135,9 @@ def test_queries_by_qtype_and_responses_by_rcode_are_exact(lab, agent, family, t
                                                    ("TXT", "NOERROR"): 3, ("A", "NXDOMAIN"): 2,
                                                    ("A", "SERVFAIL"): 1, ("A", "REFUSED"): 1}
     assert delta(after, before, LATENCY + "_count", **a) == 12
+    if transport == "udp":   # the kernel's count of the client's datagrams: one query, one response each
+        sent, received = (x - y for x, y in zip(udp_after, udp_before))
+        assert (delta(after, before, QUERIES, **a), delta(after, before, RESPONSES, **a)) == (sent, received) == (12, 12)
     # Nothing else moved: no timeout, retransmission or malformed packet, the
     # other transport saw nothing, and the server is the peer, never a client.
     other = "tcp" if transport == "udp" else "udp"

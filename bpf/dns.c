@@ -397,19 +397,22 @@ static __always_inline int read_message(const struct skb_fields *f, const struct
     if (!buf)
         return 0;
     u32 len = copy_payload(f, p, buf);
+    if (p->payload_len == 0) {
+        if (p->transport == NP_IPPROTO_UDP)
+            m->malformed = 1;                           /* an empty datagram */
+        return 0;                                       /* TCP: SYN, ACK, FIN carry no message */
+    }
+    if (len == 0) {
+        np_map_error(ERR_UNREADABLE);                   /* payload where this program cannot read it */
+        return 0;
+    }
     if (p->transport == NP_IPPROTO_TCP) {
-        if (p->payload_len == 0)
-            return 0;                                   /* SYN, ACK, FIN: no message */
         if (len < 2) {
             m->malformed = 1;
             return 0;
         }
         u32 msg_len = (buf[0] << 8) | buf[1];
         return parse_message(buf + 2, len - 2, msg_len, query, m);
-    }
-    if (len == 0 && p->payload_len == 0) {
-        m->malformed = 1;
-        return 0;
     }
     return parse_message(buf, len, p->payload_len, query, m);
 }

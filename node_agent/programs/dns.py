@@ -166,6 +166,9 @@ SPEC = ProgramSpec(
           MapInfo("latency_us"), MapInfo("malformed"),
           MapInfo("pending", max_entries_option="pending_entries", lru=False)),
     map_errors=("queries", "responses", "timeouts", "retransmits", "latency_us", "malformed", "pending"),
+    # DNS packets whose payload could not be read (a page fragment without the
+    # kernel's memory layout, a failed read): neither counted nor malformed
+    discards=("unreadable",),
     btf_offsets={
         **SKB_NETWORK_HEADER_OFFSETS,
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),

@@ -268,3 +268,23 @@ def test_malformed_packets_are_counted_and_good_queries_still_count(lab, agent):
     assert delta(after, before, QUERIES, qtype="AAAA", **m) == 1
     assert delta(after, before, RESPONSES, rcode="NOERROR", **m) == 3
     assert after.value("netprobe_map_update_failures_total", program="dns") == 0
+
+
+def test_without_the_kernel_layout_tcp_payload_is_unreadable_not_malformed(lab, agent_factory, tmp_path):
+    """Without CAP_SYSLOG kallsyms hides addresses: the program cannot find the
+    pages TCP keeps its payload in. Those queries are counted as unreadable
+    (discarded), never as malformed; UDP counts as before."""
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    blind = agent_factory({"dns": {"timeout_ms": TIMEOUT_MS}}, pods,
+                          prefix=["capsh", "--drop=cap_syslog", "--", "-c", 'exec "$0" "$@"']).start()
+    assert "TCP DNS payload in page fragments will not be read" in blind.log_path.read_text()
+    before = blind.scrape()
+    assert dig(lab, "m", "ip4", [("u.ok.test", "A")], "udp") == ["NOERROR"]
+    assert dig(lab, "m", "ip4", [("t.ok.test", "A")], "tcp") == ["NOERROR"]
+    after = blind.scrape()
+    m = labels("m")
+    assert delta(after, before, QUERIES, transport="udp", **m) == 1
+    assert delta(after, before, RESPONSES, transport="udp", **m) == 1
+    assert delta(after, before, QUERIES, transport="tcp", **m) == 0
+    assert delta(after, before, MALFORMED, **m) == 0
+    assert delta(after, before, "netprobe_program_discarded_events_total", program="dns", reason="unreadable") >= 1

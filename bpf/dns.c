@@ -7,7 +7,8 @@
  *    packet this node made (skb_iif == 0, as in tcp_retransmit.c: a packet
  *    that crossed a veth was received by its peer, which set skb_iif, so the
  *    bridge port and the second veth of the same query are skipped). Only
- *    destination port 53 counts as a query.
+ *    destination port 53 counts as a query; a UDP packet from port 53 is
+ *    only checked here for being malformed (counted once, at its sender).
  *  - netif_receive_skb: a response (source port 53) is matched against the
  *    pending queries by (client, server, ports, transport, id). The first hop
  *    that matches deletes the pending entry; later hops of the same response
@@ -35,7 +36,8 @@
  * end of the message or of the copy are malformed). A compression pointer
  * ends the name (its 2 bytes, never followed), so a pointer loop costs
  * nothing. qdcount 0, a message shorter than the header, a response bit on
- * a query or a name that does not fit are counted as malformed.
+ * a query or a name that does not fit are counted as malformed. A payload
+ * the program cannot reach is counted as unreadable (a discard), not malformed.
  *
  * TCP: the segment's payload must start with a message (2-byte length,
  * then the header); only the first message of a segment is read. Payload in
@@ -187,9 +189,9 @@ struct dns_packet {
 };
 
 /* The IP and L4 headers at ip (one read of 60 bytes: IPv6 + TCP's data
- * offset, IPv4 + TCP); 1 if UDP or TCP with one of the ports == port53 side
- * wanted (want_dport: destination 53, else source 53). Non-DNS packets
- * return here: this is the port check every packet pays. */
+ * offset, IPv4 + TCP); 1 if UDP or TCP to or from port 53 (with
+ * want_dport; else only from port 53). Non-DNS packets return here: this is
+ * the port check every packet pays. */
 static __always_inline int dns_headers(const u8 *ip, int want_dport, struct dns_packet *p)
 {
     u32 hdr[15];
@@ -230,7 +232,7 @@ static __always_inline int dns_headers(const u8 *ip, int want_dport, struct dns_
         return 0;
     }
     u16 sport = __builtin_bswap16(ports[0]), dport = __builtin_bswap16(ports[1]);
-    if ((want_dport ? dport : sport) != DNS_PORT)
+    if (want_dport ? dport != DNS_PORT && sport != DNS_PORT : sport != DNS_PORT)
         return 0;
     /* a DNS packet from here on: the rest is paid by DNS only */
     p->sport = sport;
@@ -427,6 +429,14 @@ static __always_inline void on_query(const u8 *skb)
     if (!dns_headers(f.head + f.network_header, 1, &p))
         return;
     struct dns_message m = {};
+    if (p.dport != DNS_PORT) {
+        /* a response, sent by a server on this node: only checked for being
+         * malformed here, once (on receive it would be once per hop and
+         * cannot be matched); well-formed ones are matched on receive */
+        if (p.transport == NP_IPPROTO_UDP && !read_message(&f, &p, 0, &m) && m.malformed)
+            count_malformed(p.dst, p.src, KIND_RESPONSE, p.transport);
+        return;
+    }
     if (!read_message(&f, &p, 1, &m)) {
         if (m.malformed)
             count_malformed(p.src, p.dst, KIND_QUERY, p.transport);
@@ -474,12 +484,8 @@ static __always_inline void on_response(const u8 *skb)
     if (!dns_headers(f.data, 0, &p))
         return;
     struct dns_message m = {};
-    if (!read_message(&f, &p, 0, &m)) {
-        /* TCP: a segment that continues a message looks malformed; not counted */
-        if (m.malformed && p.transport == NP_IPPROTO_UDP)
-            count_malformed(p.dst, p.src, KIND_RESPONSE, p.transport);
-        return;
-    }
+    if (!read_message(&f, &p, 0, &m))
+        return;                                         /* malformed responses are counted at their first transmit */
     if (!(m.flags & 0x8000))
         return;                                         /* a query from port 53 (server to server): not ours */
     struct pending_key pk = {.client_port = p.dport, .server_port = p.sport, .id = m.id,

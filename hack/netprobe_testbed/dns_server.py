@@ -10,6 +10,7 @@ listens on UDP and TCP [::]:PORT (dual stack). Names (any qtype):
     fail.test       SERVFAIL
     refused.test    REFUSED
     drop.test       no response at all (UDP: ignored; TCP: the connection stays silent)
+    short.test      5 bytes: a response shorter than the DNS header (malformed)
     anything else   NXDOMAIN
 
 Messages it cannot parse are ignored. Every request is handled in a thread
@@ -38,6 +39,8 @@ def answer(data: bytes, tcp: bool) -> bytes | None:
     reply = query.reply()
     if name == "drop.test":
         return None
+    if name == "short.test":
+        return reply.pack()[:5]
     if name == "fail.test":
         reply.header.rcode = RCODE.SERVFAIL
     elif name == "refused.test":

@@ -8,11 +8,9 @@ is counted once, not once per hop.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -262,9 +260,12 @@ def test_malformed_packets_are_counted_and_good_queries_still_count(lab, agent):
     assert dig(lab, "m", "ip4", [("g1.ok.test", "A"), ("g2.ok.test", "AAAA")]) == ["NOERROR"] * 2
     lab.pods["m"].run([sys.executable, "-c", _SEND_RAW, server_ip(lab, "ip4"), *args])
     assert dig(lab, "m", "ip4", [("g3.ok.test", "A")]) == ["NOERROR"]
+    # a response shorter than the header: malformed on the response side (its query then times out)
+    assert dig(lab, "m", "ip4", [("short.test", "A")], extra="+timeout=1") == ["none"]
     after = agent.scrape()
     assert delta(after, before, MALFORMED, kind="query", **m) == 2 * len(malformed)
-    assert delta(after, before, QUERIES, qtype="A", **m) == 2 + 2      # g1, g3 and the two pointer loops
+    assert delta(after, before, MALFORMED, kind="response", **m) == 1
+    assert delta(after, before, QUERIES, qtype="A", **m) == 2 + 2 + 1  # g1, g3, the two pointer loops, short
     assert delta(after, before, QUERIES, qtype="AAAA", **m) == 1
     assert delta(after, before, RESPONSES, rcode="NOERROR", **m) == 3
     assert after.value("netprobe_map_update_failures_total", program="dns") == 0

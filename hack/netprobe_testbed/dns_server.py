@@ -6,6 +6,7 @@ listens on UDP and TCP [::]:PORT (dual stack). Names (any qtype):
     *.ok.test       NOERROR with one answer of the asked type (A, AAAA, TXT; others empty)
     big.ok.test     NOERROR with TXT answers of ~1400 bytes (over UDP only with EDNS0)
     slow.ok.test    NOERROR after 80 ms
+    late.ok.test    NOERROR after 1.5 s
     tc.ok.test      over UDP: an empty answer with the TC bit; over TCP: the answer
     fail.test       SERVFAIL
     refused.test    REFUSED
@@ -27,6 +28,7 @@ import time
 from dnslib import AAAA, QTYPE, RCODE, RR, TXT, A, DNSRecord
 
 DELAY = 0.080
+LATE = 1.5
 
 
 def answer(data: bytes, tcp: bool) -> bytes | None:
@@ -48,6 +50,8 @@ def answer(data: bytes, tcp: bool) -> bytes | None:
     elif name.endswith(".ok.test"):
         if name == "slow.ok.test":
             time.sleep(DELAY)
+        elif name == "late.ok.test":
+            time.sleep(LATE)
         if name == "tc.ok.test" and not tcp:
             reply.header.tc = 1
             return reply.pack()

@@ -196,6 +196,37 @@ def test_unanswered_queries_are_timeouts(lab, agent, family, transport):
     assert delta(after, before, RESPONSES, **b) == 0
 
 
+def test_a_late_response_is_a_timeout(lab, agent):
+    """Answered after 1.5 s, beyond timeout_ms (1 s), with no scrape in
+    between: the late response decides the timeout, and is no response."""
+    b = labels("b", transport="udp", qtype="A")
+    before = agent.scrape()
+    assert dig(lab, "b", "ip4", [("late.ok.test", "A")], extra="+timeout=3") == ["NOERROR"]
+    after = agent.scrape()
+    assert delta(after, before, QUERIES, **b) == 1
+    assert delta(after, before, TIMEOUTS, **b) == 1
+    assert delta(after, before, RESPONSES, **b) == 0
+
+
+def test_the_same_query_resent_after_the_timeout_is_a_timeout_and_a_new_query(lab, agent):
+    """A resend with the same id after timeout_ms, no scrape in between: the
+    resend decides the first one's timeout and is a new query (not a
+    retransmission); the agent's sweep later times out the second."""
+    query = _query(0x5151, "drop.test").hex()
+    b = labels("b", transport="udp", qtype="A")
+    before = agent.scrape()
+    lab.pods["b"].run([sys.executable, "-c", _SEND_RAW, server_ip(lab, "ip4"), query,
+                       f"sleep:{TIMEOUT_MS / 1000 + 0.3}", query])
+    after = agent.scrape()
+    assert (delta(after, before, QUERIES, **b), delta(after, before, RETRANSMITS, **b)) == (2, 0)
+    assert delta(after, before, TIMEOUTS, **b) in (1, 2)    # 2 if the scrape came timeout_ms after the resend
+    def both_timed_out():
+        s = agent.scrape()
+        return s if delta(s, before, TIMEOUTS, **b) >= 2 else None
+    final = wait_until(both_timed_out, timeout=TIMEOUT_MS / 1000 + 10, what="the second query timed out")
+    assert delta(final, before, TIMEOUTS, **b) == 2
+
+
 def test_latency_puts_the_80ms_answers_in_the_bucket_holding_80ms(lab, agent):
     """The server answers slow.ok.test after 80 ms, the rest at once: slot 17,
     (65.536 ms, 131.072 ms], holds the slow ones, the fast ones sit below. On a

@@ -409,8 +409,9 @@ static __always_inline int read_message(const struct skb_fields *f, const struct
         return 0;
     }
     if (p->transport == NP_IPPROTO_TCP) {
-        if (len < 2) {
-            m->malformed = 1;
+        if (p->payload_len < 2 + DNS_HEADER || len < 2 + DNS_HEADER) {
+            /* a message split over segments (e.g. its length written alone): not readable here */
+            np_map_error(ERR_UNREADABLE);
             return 0;
         }
         u32 msg_len = (buf[0] << 8) | buf[1];

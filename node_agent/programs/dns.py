@@ -86,11 +86,17 @@ def expire_pending(inst) -> None:
     timeout_ns = inst.options["timeout_ms"] * 1_000_000
     pending, timeouts = inst.table("pending"), inst.table("timeouts")
     now = time.monotonic_ns()          # CLOCK_MONOTONIC, as bpf_ktime_get_ns
-    expired = [(bytes(k), v.qtype) for k, v in pending.items() if now - v.started_ns > timeout_ns]
+    try:
+        entries = list(pending.items_lookup_batch())
+    except Exception:                  # kernels or map types without batch lookup
+        entries = pending.items()
+    expired = [(bytes(k), v.started_ns, v.qtype) for k, v in entries if now - v.started_ns > timeout_ns]
     counts: dict[bytes, int] = {}
-    for raw, qtype in expired:
+    for raw, started_ns, qtype in expired:
         key = pending.Key.from_buffer_copy(raw)
         try:
+            if pending[key].started_ns != started_ns:
+                continue               # the kernel replaced it meanwhile (a new query with this id)
             del pending[key]
         except KeyError:               # answered or expired by the kernel meanwhile
             continue

@@ -48,7 +48,7 @@
 #if !defined(OFF_SKB_IIF) || !defined(OFF_SKB_HEAD) || !defined(OFF_SKB_DATA) || \
     !defined(OFF_SKB_NETWORK_HEADER) || !defined(OFF_SKB_PROTOCOL) || !defined(OFF_SKB_LEN) || \
     !defined(OFF_SKB_DATA_LEN) || !defined(OFF_SKB_END) || !defined(OFF_SHINFO_FRAGS) || \
-    !defined(OFF_FRAG_PAGE) || !defined(OFF_FRAG_OFFSET) || !defined(NP_STRUCT_PAGE_SIZE)
+    !defined(OFF_FRAG_PAGE) || !defined(OFF_FRAG_OFFSET) || !defined(OFF_FRAG_LEN) || !defined(NP_STRUCT_PAGE_SIZE)
 #error "the agent passes sk_buff member offsets from BTF and the kernel's memory layout"
 #endif
 
@@ -292,9 +292,12 @@ static __always_inline u32 copy_payload(const struct skb_fields *f, const struct
         if (bpf_probe_read_kernel(frag, sizeof(frag), shinfo + OFF_SHINFO_FRAGS))
             return 0;
         u64 page = 0;
-        u32 offset = 0;
+        u32 offset = 0, frag_len = 0;
         __builtin_memcpy(&page, frag + OFF_FRAG_PAGE, 8);
         __builtin_memcpy(&offset, frag + OFF_FRAG_OFFSET, 4);
+        __builtin_memcpy(&frag_len, frag + OFF_FRAG_LEN, 4);
+        if (from_data - (s64)linear >= (s64)frag_len)
+            return 0;                                   /* the payload starts in a later fragment */
         u64 vmemmap = NP_VMEMMAP;
         if (!page || (page & 1) || page < vmemmap)      /* bit 0: not a page (net_iov) */
             return 0;

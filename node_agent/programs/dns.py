@@ -58,9 +58,21 @@ def kernel_layout() -> dict[str, int | str]:
     kallsyms shows addresses only to CAP_SYSLOG (or with kptr_restrict 0 and
     perf_event_paranoid <= 1); without them the layout is unknown and
     NP_NO_PAGE_FRAGS leaves payload in page fragments unread (docs/agent.md)."""
-    from node_agent.kernel.btf import kernel_btf
-    out: dict[str, int | str] = {"NP_STRUCT_PAGE_SIZE": kernel_btf().sizeof("page")}
+    from node_agent.kernel.btf import BTFError, kernel_btf
+    btf = kernel_btf()
+    out: dict[str, int | str] = {"NP_STRUCT_PAGE_SIZE": btf.sizeof("page")}
+    # skb_frag_t: struct skb_frag {netmem, len, offset} since 6.12, struct bio_vec before
+    for struct_name, members in (("skb_frag", ("netmem", "len", "offset")),
+                                 ("bio_vec", ("bv_page", "bv_len", "bv_offset"))):
+        try:
+            out.update({f"OFF_FRAG_{what}": btf.offsetof(struct_name, member)
+                        for what, member in zip(("PAGE", "LEN", "OFFSET"), members)})
+            break
+        except BTFError:
+            continue
     syms = _kallsyms({"_text", "page_offset_base", "vmemmap_base"}) if platform.machine() == "x86_64" else {}
+    if "OFF_FRAG_PAGE" not in out:
+        syms = {}                      # no known fragment layout: as if the memory layout were unknown
     if syms.get("page_offset_base") and syms.get("vmemmap_base"):
         out["NP_PAGE_OFFSET_BASE_SYM"] = f"{syms['page_offset_base']:#x}ULL"
         out["NP_VMEMMAP_BASE_SYM"] = f"{syms['vmemmap_base']:#x}ULL"
@@ -69,11 +81,12 @@ def kernel_layout() -> dict[str, int | str]:
         out["NP_VMEMMAP"] = f"{X86_64_VMEMMAP:#x}ULL"
     else:
         why = (f"architecture {platform.machine()}" if platform.machine() != "x86_64" else
+               "no skb_frag or bio_vec in BTF" if "OFF_FRAG_PAGE" not in out else
                "kallsyms hides addresses (needs CAP_SYSLOG)" if not syms.get("_text") else
                "randomized layout without page_offset_base in kallsyms")
         log.warning("TCP DNS payload in page fragments will not be read",
                     extra={"kv": {"program": "dns", "reason": why}})
-        out["NP_NO_PAGE_FRAGS"] = 1
+        out.update({"NP_NO_PAGE_FRAGS": 1, "OFF_FRAG_PAGE": 0, "OFF_FRAG_LEN": 0, "OFF_FRAG_OFFSET": 0})
     return out
 
 
@@ -184,8 +197,6 @@ SPEC = ProgramSpec(
         "OFF_SKB_DATA_LEN": ("sk_buff", "data_len"),
         "OFF_SKB_END": ("sk_buff", "end"),
         "OFF_SHINFO_FRAGS": ("skb_shared_info", "frags"),
-        "OFF_FRAG_PAGE": ("skb_frag", "netmem"),
-        "OFF_FRAG_OFFSET": ("skb_frag", "offset"),
     },
     kernel_constants=kernel_layout,
     before_scrape=expire_pending,

@@ -135,7 +135,8 @@ def test_queries_by_qtype_and_responses_by_rcode_are_exact(lab, agent, family, t
     assert delta(after, before, LATENCY + "_count", **a) == 12
     if transport == "udp":   # the kernel's count of the client's datagrams: one query, one response each
         sent, received = (x - y for x, y in zip(udp_after, udp_before))
-        assert (delta(after, before, QUERIES, **a), delta(after, before, RESPONSES, **a)) == (sent, received) == (12, 12)
+        counted = (delta(after, before, QUERIES, **a), delta(after, before, RESPONSES, **a))
+        assert counted == (sent, received) == (12, 12)
     # Nothing else moved: no timeout, retransmission or malformed packet, the
     # other transport saw nothing, and the server is the peer, never a client.
     other = "tcp" if transport == "udp" else "udp"

@@ -151,7 +151,8 @@ def dns_series(job: str) -> list[dict]:
         counter(q, "web-1", 300), counter(q, "web-1", 300, qtype="AAAA"), counter(t, "web-1", 30),
         counter(r, "web-1", 30, rcode="SERVFAIL"), counter(r, "web-1", 540, rcode="NOERROR"),
         counter(q, "web-2", 6), counter(t, "web-2", 3), counter(r, "web-2", 3, rcode="NOERROR"),
-        counter(q, "web-3", 6000), counter(r, "web-3", 60, rcode="REFUSED"), counter(r, "web-3", 3000, rcode="NXDOMAIN"),
+        counter(q, "web-3", 6000), counter(r, "web-3", 60, rcode="REFUSED"),
+        counter(r, "web-3", 3000, rcode="NXDOMAIN"),
         counter(q, "web-4", 600), counter(r, "web-4", 60, rcode="SERVFAIL"),
         # another probe's agents: never this probe's alert
         counter(q, "web-5", 60, job="netprobe-other"), counter(t, "web-5", 60, job="netprobe-other"),

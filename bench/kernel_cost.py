@@ -23,7 +23,12 @@ empty, on skb:kfree_skb as a raw tracepoint, is the floor of the drop path
 Traffic while measuring: one iperf3 stream (segments and ACKs: tcp_probe,
 receive path), short connections with every 10th to a closed port (state
 changes, resets; NO_SOCKET drops), and a pair with 20 % random loss
-(retransmits; NETFILTER_DROP drops).
+(retransmits; NETFILTER_DROP drops). For the dns
+program that is the cost it adds to packets that are not DNS (its port
+check). A second window carries only DNS: DNS_QUERIES queries over UDP,
+one after the other, to a DNS server (netprobe_testbed.dns_server) in
+another namespace; the dns figures of that window are the cost on the DNS
+path (every hop of a query and its response runs both hooks).
 """
 from __future__ import annotations
 
@@ -34,15 +39,37 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import Figure, log, running_agent
 from bench.traffic import iperf3_client_argv, start_iperf3_server
+from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab
 
 NAME = "kernel_cost"
+DNS_QUERIES = 3000
+
+# Sequential UDP queries (one outstanding), each waited for (1 s at most);
+# prints how many were answered.
+_DNS_QUERIES = r"""
+import socket, sys
+host, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+query = bytes.fromhex("0000010000010000000000000162026f6b04746573740000010001")   # b.ok.test A
+answered = 0
+for i in range(count):
+    s.sendto(i.to_bytes(2, "big") + query[2:], (host, 53))
+    try:
+        s.recv(4096)
+        answered += 1
+    except OSError:
+        pass
+print(answered)
+"""
 TARGET_NS = 100
 ECHO_PORT = 8080
 KERNEL_NAME_LEN = 15  # BPF_OBJ_NAME_LEN - 1: the kernel keeps this much of a program's name
@@ -208,19 +235,39 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
                 window = time.monotonic() - started
                 for proc in background:
                     proc.kill()
+                dns_before, dns_window = prog_stats(ids), None
+                dns = server.popen([sys.executable, dns_server.__file__, "53"], stdout=subprocess.PIPE, text=True)
+                if dns.stdout.readline().strip() != "ready":
+                    raise RuntimeError("the DNS server did not start")
+                started = time.monotonic()
+                answered = client.run([sys.executable, "-c", _DNS_QUERIES, server.ip4, DNS_QUERIES],
+                                      timeout=DNS_QUERIES + 60).stdout.strip()
+                dns_after, dns_window = prog_stats(ids), time.monotonic() - started
+                log(f"DNS window: {answered} of {DNS_QUERIES} queries answered in {dns_window:.1f}s")
             finally:
                 references.cleanup()
 
+    figures = _figures(before, after, window, reference_ids, owners, "")
+    dns_ids = {i for i, rec in dns_after.items()
+               if i in reference_ids or describe_prog(rec["name"], owners).startswith("dns:")}
+    figures += _figures({i: dns_before[i] for i in dns_ids if i in dns_before},
+                        {i: dns_after[i] for i in dns_ids}, dns_window, reference_ids, owners,
+                        ", only DNS traffic")
+    return figures
+
+
+def _figures(before: dict, after: dict, window: float, reference_ids: set[int], owners: dict[str, str],
+             tag: str) -> list[Figure]:
     agent_figures, reference_figures = [], []
     for prog_id, rec in after.items():
         prev = before.get(prog_id, {})
         runs = rec.get("run_cnt", 0) - prev.get("run_cnt", 0)
         ns = rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0)
         if prog_id in reference_ids:
-            what, target, into = f"{REFERENCES.get(rec['name'], rec['name'])} ({REFERENCE_HOOKS.get(rec['name'], '?')})", "", \
+            what, target, into = f"{REFERENCES.get(rec['name'], rec['name'])} ({REFERENCE_HOOKS.get(rec['name'], '?')}){tag}", "", \
                 reference_figures
         else:
-            what, target, into = describe_prog(rec["name"], owners), f"<= {TARGET_NS}", agent_figures
+            what, target, into = describe_prog(rec["name"], owners) + tag, f"<= {TARGET_NS}", agent_figures
         if runs <= 0:
             into.append(Figure(NAME, what, float("nan"), "ns/event", target, "no events in the window"))
         else:
@@ -229,7 +276,7 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
     # each agent program against the empty program on its own path: the drop
     # path's (kfree_skb) for the programs there, the receive path's for the rest
     floors = {hook: f.value for f in reference_figures for fn, hook in REFERENCE_HOOKS.items()
-              if fn.startswith("ref_empty") and f.what == f"{REFERENCES[fn]} ({hook})" and not math.isnan(f.value)}
+              if fn.startswith("ref_empty") and f.what == f"{REFERENCES[fn]} ({hook}){tag}" and not math.isnan(f.value)}
     for f in agent_figures:
         hook = REFERENCE_HOOKS["ref_empty_drop"] if "(skb:kfree_skb)" in f.what else REFERENCE_TRACEPOINT
         if hook in floors and not math.isnan(f.value):

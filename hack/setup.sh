@@ -14,6 +14,7 @@ APT_PACKAGES=(
   sockperf                            # bench: TCP request/response rate
   libcap2-bin                         # capsh: least-privilege test
   prometheus                          # real Prometheus server and promtool
+  bind9-dnsutils                      # dig: DNS clients of the dns program's tests
   openssl curl ca-certificates
 )
 

@@ -129,6 +129,10 @@ class BTF:
         # Prefer a definition with members over an empty one.
         return max(ids, key=lambda t: self._header(t)[3] & 0xFFFF)
 
+    def sizeof(self, struct_name: str) -> int:
+        """Size in bytes of a struct."""
+        return self._header(self.struct_id(struct_name))[4]
+
     def offsetof(self, struct_name: str, path: str) -> int:
         """Byte offset of a member path like "__sk_common.skc_family"."""
         type_id, total_bits = self.struct_id(struct_name), 0

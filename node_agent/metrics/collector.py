@@ -145,6 +145,8 @@ class AgentCollector:
 
     def _program_families(self, inst: ProgramInstance, scope: LabelScope | None, map_stats: list):
         spec = inst.spec
+        if spec.before_scrape is not None:
+            spec.before_scrape(inst)
         maps: dict[str, list[tuple[bytes, int]]] = {}
         for info in spec.maps:
             if info.entries_from_sum_of is None:

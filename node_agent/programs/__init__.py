@@ -16,12 +16,11 @@ import importlib
 from node_agent.runtime.spec import ProgramSpec
 
 # Implemented programs, in the order they are listed and loaded.
-_MODULES = ("tcp_retransmit", "tcp_connections", "tcp_rtt", "rx_latency", "drops")
+_MODULES = ("tcp_retransmit", "tcp_connections", "tcp_rtt", "rx_latency", "drops", "dns")
 
 # The rest of the v1 catalogue: valid names in a NetworkProbe today (the
 # operator reports them as not implemented yet), with no options.
 PLANNED: dict[str, str] = {
-    "dns": "queries and latency",
     "xdp": "packets at the driver and SYN-flood detection",
     "flows": "bytes and packets per peer",
 }

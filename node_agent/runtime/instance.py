@@ -84,6 +84,8 @@ def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[
             value = btf.enum(enum).get(member)
             if value is not None:
                 flags.append(f"-D{define}={value}")
+    if spec.kernel_constants:
+        flags += [f"-D{name}={value}" for name, value in spec.kernel_constants().items()]
     return flags
 
 

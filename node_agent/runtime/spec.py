@@ -216,6 +216,12 @@ class ProgramSpec:
     # -D name -> (enum, member): values of enums read from the kernel's BTF;
     # a member the running kernel lacks gives no -D (the C tests #ifdef)
     btf_enum_values: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # -D constants the running kernel decides, read at the config stage (e.g.
+    # its memory layout); a ValueError or OSError fails the program's config stage.
+    kernel_constants: Callable[[], dict[str, int | str]] | None = None
+    # Called at each scrape before the maps are read, with the running
+    # instance (e.g. to expire entries older than a timeout).
+    before_scrape: Callable[[Any], None] | None = None
     # Which strategies to try given the options (default: all, in order).
     choose_strategies: Callable[[dict], tuple[str, ...] | None] | None = None
 

@@ -246,10 +246,13 @@ class _FakeTable:
     """What read_map needs of a BCC table: items_lookup_batch() -> (key, value)."""
 
     def __init__(self, items):
-        self.items = items
+        self.entries = items
 
     def items_lookup_batch(self):
-        return iter(self.items)
+        return iter(self.entries)
+
+    def items(self):
+        return list(self.entries)
 
 
 def key_type(decoders) -> type:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab, wait_until
 
 from agent_harness import ALL_PROGRAMS, LABELS, AgentProcess, need_root
@@ -36,6 +38,20 @@ for _ in range(count):
         refused += 1
 print(refused)
 """
+
+
+# Sends UDP payloads to port 53: argv = host, then hex payloads; "sleep:S" pauses.
+_SEND_DNS = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for arg in sys.argv[2:]:
+    if arg.startswith("sleep:"):
+        time.sleep(float(arg[6:]))
+    else:
+        s.sendto(bytes.fromhex(arg), (sys.argv[1], 53))
+time.sleep(0.3)
+"""
+DNS_SERVER = Path(dns_server.__file__)
 
 
 def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
@@ -504,6 +520,19 @@ def test_self_metrics_describe_maps_and_the_agent(agent):
     assert s.value("netprobe_program_up") == len(ALL_PROGRAMS)
 
 
+def _dns_traffic(lab, client: str, server: str) -> None:
+    """What moves every dns metric: an answered query (responses, latency), a
+    query sent twice and never answered (retransmits, then a timeout after
+    timeout_ms) and a packet to port 53 that is no DNS message (malformed)."""
+    lab.pods[server].popen([sys.executable, str(DNS_SERVER), "53"], stdout=subprocess.PIPE, text=True)
+    def query(qid, name):
+        labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        return (qid.to_bytes(2, "big") + bytes.fromhex("0100 0001 0000 0000 0000".replace(" ", "")) +
+                labels + bytes.fromhex("00010001")).hex()
+    lab.pods[client].run([sys.executable, "-c", _SEND_DNS, lab.pods[server].ip4, "sleep:1", query(7, "x.ok.test"),
+                          query(8, "drop.test"), "sleep:0.02", query(8, "drop.test"), "0102"])
+
+
 def test_every_declared_metric_is_scraped_with_its_type_and_labels(lab, agent):
     """What the catalogue declares (and the agent's own families) is what a real
     scrape shows, after traffic that moves every program: connections through a
@@ -516,13 +545,15 @@ def test_every_declared_metric_is_scraped_with_its_type_and_labels(lab, agent):
     finally:
         lab.clear_drops("b")
     lab.pods["c"].run([sys.executable, "-c", _CONNECT_REFUSED, lab.pods["b"].ip4, port + 1, 2])
+    _dns_traffic(lab, "a", "b")
     declared = {m.name: (m.kind, (tuple(LABELS) if m.pods else ()) + m.extra_labels)
                 for spec in CATALOGUE.values() for m in spec.metrics}
 
     def every_program_metric_has_series():
         s = agent.scrape()
         return s if all(s.family(name) is not None and s.family(name).samples for name in declared) else None
-    s = wait_until(every_program_metric_has_series, timeout=15, what="a series of every declared metric")
+    # dns timeouts come timeout_ms (5 s by default) after the unanswered query
+    s = wait_until(every_program_metric_has_series, timeout=25, what="a series of every declared metric")
     for name, (kind, labels) in {**declared, **AGENT_METRICS}.items():
         family = s.family(name)
         assert family is not None, f"{name} is declared but not exported"

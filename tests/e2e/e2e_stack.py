@@ -35,6 +35,7 @@ from kubernetes import client
 
 from netprobe_testbed.agent import AgentProcess
 from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
+from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab
 from netprobe_testbed.processes import free_port
 from netprobe_testbed.prometheus import PrometheusServer
@@ -368,6 +369,12 @@ class Stack:
         assert all(self.connections_made[p] == CONNECTIONS[p] for p in CLEAN_PAIRS), self.connections_made
         # A refused connection: a reset, so the resets panel has something to show.
         self.lab.connect_many("web", self.lab.pods["api"].ip4, PORT + 1, 2, timeout=2)
+        # DNS for the DNS panels: a server in db, answered queries and a SERVFAIL from web.
+        dns = self.lab.pods["db"].popen([sys.executable, dns_server.__file__, "53"], stdout=subprocess.PIPE,
+                                        text=True)
+        assert dns.stdout.readline().strip() == "ready", "the DNS server did not start"
+        for name in ("a.ok.test", "b.ok.test", "fail.test"):
+            self.lab.pods["web"].run(["dig", f"@{self.lab.pods['db'].ip4}", "+tries=1", "+timeout=2", name, "A"])
 
     def wait_probe_ready(self) -> None:
         self.netprobe.wait_condition(PROBE, "Ready", "True", timeout=120)

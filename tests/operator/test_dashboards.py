@@ -74,6 +74,9 @@ def test_overview_has_the_panels_a_user_opens_first(dashboards):
     for quantile in ("0.5", "0.9", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(netprobe_tcp_rtt_seconds_bucket" in exprs
         assert f"histogram_quantile({quantile}, sum by (le) (rate(netprobe_rx_latency_seconds_bucket" in exprs
+        assert f"histogram_quantile({quantile}, sum by (namespace, workload, le) (rate(netprobe_dns_latency_seconds_bucket" in exprs
+    ratio = titles["DNS error ratio by workload"]
+    assert "netprobe_dns_timeouts_total" in ratio and 'rcode!~"NOERROR|NXDOMAIN"' in ratio
 
 
 def test_every_query_names_only_exported_metrics(dashboards):

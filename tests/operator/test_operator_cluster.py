@@ -347,9 +347,9 @@ def test_two_probes_coexist_and_a_port_clash_is_refused(netprobe, probes):
 
 
 def test_unimplemented_program_is_degraded_not_rendered(netprobe, probes):
-    body = probes("future", pool_spec(netprobe, 9651, programs=[{"name": "tcp_rtt"}, {"name": "dns"}]))
+    body = probes("future", pool_spec(netprobe, 9651, programs=[{"name": "tcp_rtt"}, {"name": "flows"}]))
     cond = netprobe.wait_condition("future", "Degraded", "True", "UnsupportedProgram")
-    assert "dns" in cond["message"] and "not implemented by this agent version" in cond["message"]
+    assert "flows" in cond["message"] and "not implemented by this agent version" in cond["message"]
     assert netprobe.children("future") == []
     body["spec"]["programs"] = [{"name": "tcp_rtt"}]
     netprobe.apply_probe(body)

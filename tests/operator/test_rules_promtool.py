@@ -33,7 +33,7 @@ def test_promtool_accepts_the_rules(render_probe, tmp_path):
     path = write_rules(tmp_path, render_probe({"programs": ALL}))
     result = promtool("check", "rules", str(path), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_rules_name_only_exported_metrics(render_probe):
@@ -123,6 +123,67 @@ def test_retransmit_thresholds_come_from_the_spec(render_probe, tmp_path, thresh
     tests = [{"eval_time": "20m", "alertname": "NetprobeHighTcpRetransmitRate",
               "exp_alerts": [retransmit_alert("shop", pod, value, **kw) for pod, value, kw in expected]}]
     result = run_unit_tests(tmp_path, rules, tests, retransmit_series("netprobe-demo"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+DNS_DESCRIPTION = (
+    "Pod {ns}/{pod} has had more than {ratio} of its DNS queries time out or answered with an error (SERVFAIL, "
+    "REFUSED, ...; more than {floor}/s) for 10m: its DNS servers are overloaded, unreachable or failing upstream "
+    "(the dashboard shows which server).")
+
+
+def dns_alert(ns: str, pod: str, value: str, ratio: str = "5 %", floor: str = "0.1") -> dict:
+    return {
+        "exp_labels": {"severity": "warning", "namespace": ns, "pod": pod},
+        "exp_annotations": {
+            "summary": f"Pod {ns}/{pod}: {value} of its DNS queries fail",
+            "description": DNS_DESCRIPTION.format(ns=ns, pod=pod, ratio=ratio, floor=floor),
+        },
+    }
+
+
+def dns_series(job: str) -> list[dict]:
+    """Per minute, per pod: queries, timeouts and responses by rcode (split over two servers).
+
+    web-1: 10 queries/s, 0.5 timeouts/s + 0.5 SERVFAIL/s = 10 %     (above ratio and floor)
+    web-2: 0.1 queries/s, 0.05 timeouts/s = 50 %                     (above ratio, under the floor)
+    web-3: 100 queries/s, 1 REFUSED/s = 1 %, 50 NXDOMAIN/s (normal)  (above the floor, under the ratio)
+    web-4: 10 queries/s, 1 SERVFAIL/s = 10 %, no timeout series     (fires: one kind of failure is enough)
+    """
+    def counter(name, pod, per_min, job=job, **extra):
+        labels = ",".join(f'{k}="{v}"' for k, v in {"job": job, "namespace": "shop", "pod": pod,
+                                                     "peer_pod": "coredns-1", "qtype": "A", **extra}.items())
+        return {"series": f"{name}{{{labels}}}", "values": f"0+{per_min}x40"}
+    q, t, r = "netprobe_dns_queries_total", "netprobe_dns_timeouts_total", "netprobe_dns_responses_total"
+    return [
+        counter(q, "web-1", 300), counter(q, "web-1", 300, qtype="AAAA"), counter(t, "web-1", 30),
+        counter(r, "web-1", 30, rcode="SERVFAIL"), counter(r, "web-1", 540, rcode="NOERROR"),
+        counter(q, "web-2", 6), counter(t, "web-2", 3), counter(r, "web-2", 3, rcode="NOERROR"),
+        counter(q, "web-3", 6000), counter(r, "web-3", 60, rcode="REFUSED"),
+        counter(r, "web-3", 3000, rcode="NXDOMAIN"),
+        counter(q, "web-4", 600), counter(r, "web-4", 60, rcode="SERVFAIL"),
+        # another probe's agents: never this probe's alert
+        counter(q, "web-5", 60, job="netprobe-other"), counter(t, "web-5", 60, job="netprobe-other"),
+    ]
+
+
+@pytest.mark.parametrize("thresholds, expected", [
+    ({}, [("web-1", "10%", {}), ("web-4", "10%", {})]),
+    # a lower floor lets web-2 (50 % at 0.05/s) fire too
+    ({"dnsErrorsPerSecond": 0.01}, [("web-1", "10%", {"floor": "0.01"}), ("web-2", "50%", {"floor": "0.01"}),
+                                    ("web-4", "10%", {"floor": "0.01"})]),
+    # a lower ratio lets web-3 (1 % REFUSED; its NXDOMAIN are no failures) fire too
+    ({"dnsErrorRatio": 0.005}, [("web-1", "10%", {"ratio": "0.5 %"}), ("web-3", "1%", {"ratio": "0.5 %"}),
+                                ("web-4", "10%", {"ratio": "0.5 %"})]),
+    ({"dnsErrorRatio": 0.6}, []),
+], ids=["default", "floor", "ratio-low", "ratio-high"])
+def test_dns_error_alert_fires_above_the_spec_thresholds_only(render_probe, tmp_path, thresholds, expected):
+    rules = write_rules(tmp_path, render_probe({"programs": ALL, "prometheusRule": {"thresholds": thresholds}}))
+    alert = "NetprobeHighDnsErrorRate"
+    tests = [{"eval_time": "8m", "alertname": alert, "exp_alerts": []},   # pending (for: 10m)
+             {"eval_time": "20m", "alertname": alert,
+              "exp_alerts": [dns_alert("shop", pod, value, **kw) for pod, value, kw in expected]}]
+    result = run_unit_tests(tmp_path, rules, tests, dns_series("netprobe-demo"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

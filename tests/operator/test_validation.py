@@ -19,9 +19,9 @@ def test_implemented_programs_pass():
 
 
 def test_catalogue_program_not_implemented_is_named():
-    (problem,) = validation.check_spec(spec(programs=[{"name": "tcp_rtt"}, {"name": "dns"}, {"name": "xdp"}]))
+    (problem,) = validation.check_spec(spec(programs=[{"name": "tcp_rtt"}, {"name": "flows"}, {"name": "xdp"}]))
     assert problem.reason == "UnsupportedProgram"
-    assert "dns, xdp" in problem.message and "tcp_rtt" in problem.message  # names what works
+    assert "flows, xdp" in problem.message and "tcp_rtt" in problem.message  # names what works
 
 
 def test_peer_labels_conflict_with_node_local_resolution():

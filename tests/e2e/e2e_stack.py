@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from dataclasses import dataclass

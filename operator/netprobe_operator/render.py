@@ -42,7 +42,16 @@ def _overlay(base: Mapping | None, top: Mapping) -> dict:
 TEMPLATES.filters["overlay"] = _overlay
 
 # Capabilities of the agent container (docs/agent.md lists why each is needed).
-AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
+AGENT_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN")
+# Only with spec.agent.raiseMemlockLimit: kernels before 5.11 charge BPF maps to
+# RLIMIT_MEMLOCK. Never by default: a runtime whose host lacks it in the bounding
+# set cannot start a container that asks for it.
+MEMLOCK_CAPABILITY = "SYS_RESOURCE"
+
+
+def agent_capabilities(spec: Mapping[str, Any]) -> list[str]:
+    extra = [MEMLOCK_CAPABILITY] if spec["agent"].get("raiseMemlockLimit") else []
+    return [*AGENT_CAPABILITIES, *extra]
 
 # Dashboards shipped, by template file; each becomes one ConfigMap.
 DASHBOARDS = {"overview": "Overview", "agents": "Agents"}
@@ -153,7 +162,7 @@ def render(probe: Probe, config: s.OperatorSettings) -> RenderedSet:
         "owner_references": owner_references(probe),
         "default_image": config.agent_image,
         "agent_service_account": config.agent_service_account,
-        "capabilities": list(AGENT_CAPABILITIES),
+        "capabilities": agent_capabilities(spec),
         "program_names": [p["name"] for p in spec["programs"]],
     }
     templates = ["configmap-agent.yaml.j2", "service.yaml.j2", "daemonset.yaml.j2"]

@@ -136,6 +136,25 @@ def test_doctor_reports_every_program_and_the_fallback():
         assert "kprobe: unavailable: kernel without kprobes" in out
 
 
+@pytest.mark.parametrize("release, held, warned", [
+    ("5.10.0-28-amd64", {"BPF", "PERFMON", "NET_ADMIN"}, True),
+    ("5.10.0-28-amd64", {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"}, False),
+    ("5.11.0", {"BPF", "PERFMON", "NET_ADMIN"}, False),
+    ("6.18.0", {"BPF", "PERFMON", "NET_ADMIN"}, False),
+])
+def test_doctor_says_when_the_kernel_needs_sys_resource(release, held, warned):
+    from node_agent import doctor
+    from node_agent.kernel.features import KernelFeatures
+    from node_agent.kernel.headers import KernelHeaders
+    f = KernelFeatures(release=release)
+    # Preset the cached properties: only the capability lines are under test.
+    f.__dict__.update(capabilities=held, headers=KernelHeaders("/usr/src (nearest)", "/x", "6.1", False))
+    lines, _ = doctor.report(f)
+    says = any("spec.agent.raiseMemlockLimit: true" in line for line in lines)
+    assert says is warned, "\n".join(lines)
+    assert not any("not held (of the DaemonSet" in line for line in lines)
+
+
 @pytest.mark.kernel
 def test_doctor_fails_when_nothing_can_load():
     need_root()

@@ -19,7 +19,7 @@ NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api")}
 OUT_AB = {"namespace": "shop", "pod": "cart-7", "peer_pod": "api-2", "direction": "outbound"}
 IN_BA = {"namespace": "payments", "pod": "api-2", "peer_pod": "cart-7", "direction": "inbound"}
 # What the DaemonSet grants (docs/agent.md); everything else is dropped.
-DAEMONSET_CAPS = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
+DAEMONSET_CAPS = ("BPF", "PERFMON", "NET_ADMIN")  # render.AGENT_CAPABILITIES
 
 
 @pytest.fixture(scope="module")

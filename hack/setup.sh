@@ -15,6 +15,9 @@ APT_PACKAGES=(
   libcap2-bin                         # capsh: least-privilege test
   prometheus                          # real Prometheus server and promtool
   openssl curl ca-certificates
+  # a real node for the end-to-end test (netprobe_testbed.node): container runtime, CNI
+  # plugins, a static busybox for pause and workload images; mmdebstrap for `make image`
+  containerd runc containernetworking-plugins busybox-static mmdebstrap
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

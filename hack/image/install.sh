@@ -101,12 +101,22 @@ rm -rf "$prefix"/lib/python3*/site-packages/kubernetes/aio
 # pip and setuptools only built the venv; the image never installs anything.
 "$prefix/bin/pip" uninstall -q -y pip setuptools >/dev/null 2>&1 || true
 
+# The operator Deployment runs as 65532: give it a name, since kopf asks for the
+# user's name (getpass.getuser) and a uid without a passwd entry makes it crash.
+groupadd --system --gid 65532 netprobe
+useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin netprobe
+
 say "clean up"
 apt-get purge -y -qq --auto-remove python3-venv >/dev/null 2>&1 || true
 # mmdebstrap's bookworm root carries usrmerge and with it Perl (~50 MiB); the merge is
 # done, nothing here needs either (debian:bookworm-slim has neither).
 if dpkg-query -W usrmerge >/dev/null 2>&1; then
     apt-get purge -y -qq --auto-remove usrmerge libfile-find-rule-perl perl >/dev/null
+    # mmdebstrap marks Perl's libraries as installed by hand: name them (perl-base stays,
+    # it is Essential).
+    perl_libs=$(dpkg-query -W -f '${Package}\n' | grep -E '^(libperl[0-9.]+|perl-modules-[0-9.]+|lib[a-z0-9-]+-perl)$' || true)
+    [ -z "$perl_libs" ] || apt-get purge -y -qq --auto-remove $perl_libs >/dev/null
 fi
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/lib/dpkg/*-old \

@@ -80,21 +80,38 @@ def test_pods_get_cni_addresses_talk_and_answer_logs_and_exec(real_cluster):
 
 
 def _host_state() -> dict:
+    """What a node could leave behind; other tests on this host may change other things
+    meanwhile (their own labs, mounts, tables), so only the node's kinds are compared."""
     def listdir(p: Path) -> list[str]:
         return sorted(os.listdir(p)) if p.is_dir() else []
+    mine = ("netprobe-node", "/run/netns/cni-", "containerd", "kubelet", "kubepods")
     return {
         "sysctls": {name: _sysctl_path(name).read_text().strip() for name in SYSCTLS},
-        "netns": listdir(NETNS_DIR),
+        "netns": [n for n in listdir(NETNS_DIR) if n.startswith("cni-")],
         "links": sorted(l["ifname"] for l in json.loads(subprocess.run(
-            ["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)),
-        "nft_tables": subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout,
-        "cgroups": {str(h): listdir(h) for h in (CGROUP_FS / "memory", CGROUP_FS / "cpu", CGROUP_FS / "unified")},
-        "mounts": sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()),
+            ["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
+            if l["ifname"].startswith(("npnode", "veth"))),
+        "nft_tables": [l for l in subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                                   text=True).stdout.splitlines() if "netprobe_node" in l],
+        "cgroups": {str(h): [d for d in listdir(h) if d.startswith(("netprobe-node", "kubepods"))]
+                    for h in (CGROUP_FS / "memory", CGROUP_FS / "cpu", CGROUP_FS / "unified")},
+        "mounts": sorted(m for m in (line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
+                         if any(s in m for s in mine)),
         "var_lib_cni": sorted(str(p) for p in Path("/var/lib/cni").rglob("*")),
         "var_log_containers": listdir(Path("/var/log/containers")),
-        "processes": sorted(p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-                            and b"containerd" in (p / "cmdline").read_bytes()[:200]),
+        "processes": sorted(_containerd_processes()),
     }
+
+
+def _containerd_processes() -> set[str]:
+    found = set()
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and b"containerd" in (p / "cmdline").read_bytes()[:200]:
+                found.add(p.name)
+        except OSError:
+            pass   # exited meanwhile
+    return found
 
 
 def test_a_node_leaves_the_host_as_found():

@@ -113,7 +113,9 @@ class NodeStack:
     def workloads(self) -> None:
         for ns in sorted({ns for ns, _, _ in POD_PLAN.values()}):
             self.kubectl("create", "namespace", ns)
-        serve = ["sh", "-c", f"exec nc -ll -p {PORT} -e echo pong"]
+        # Each connection: the server reads the client's line (data the kernel delivers
+        # to a reading process: rx latency) and answers.
+        serve = ["nc", "-ll", "-p", str(PORT), "-e", "sh", "-c", "read line; echo pong"]
         idle = ["sleep", "3600"]
         objects = []
         for name, (ns, pod, serves) in POD_PLAN.items():
@@ -236,17 +238,19 @@ class NodeStack:
     def connect(self, src: str, dst: str, count: int) -> int:
         """`count` connections src -> dst:PORT from inside src's pod; how many got the answer."""
         ip = self.identities[dst].ip
-        out = self.exec_in(src, f"i=0; while [ $i -lt {count} ]; do nc -w 3 {ip} {PORT} </dev/null; "
+        out = self.exec_in(src, f"i=0; while [ $i -lt {count} ]; do echo ping | nc -w 3 {ip} {PORT}; "
                                 f"i=$((i+1)); done; true")
         return out.split().count("pong")
 
     def add_random_drop(self, dst: str, src: str) -> None:
         """nftables in dst's network namespace drops DROP_PERCENT% of src's packets."""
         pid = self.node.pod_pid(self.identities[dst].namespace, self.identities[dst].pod)
-        rules = (f"table inet netprobe_e2e_loss {{ chain input {{ type filter hook input priority 0; "
-                 f"ip saddr {self.identities[src].ip} numgen random mod 100 < {DROP_PERCENT} drop }} }}")
-        subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "nft", "-f", "-"], input=rules, text=True,
-                       check=True)
+        rules = (f"table inet netprobe_e2e_loss {{\n  chain input {{\n"
+                 f"    type filter hook input priority 0; policy accept;\n"
+                 f"    ip saddr {self.identities[src].ip} numgen random mod 100 < {DROP_PERCENT} drop\n  }}\n}}\n")
+        result = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "nft", "-f", "-"], input=rules,
+                                text=True, capture_output=True)
+        assert result.returncode == 0, f"nft in {dst}'s network namespace: {result.stderr}"
 
     def make_traffic(self) -> None:
         self.add_random_drop(*reversed(LOSSY_PAIR))

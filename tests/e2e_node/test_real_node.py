@@ -122,11 +122,14 @@ def test_a_node_leaves_the_host_as_found():
             cp.kubectl("apply", "-f", "-", input=json.dumps(busybox_pod("p", node.name, ["sleep", "3600"])))
             cp.kubectl("wait", "--for=condition=Ready", "pod/p", "--timeout=60s")
             during = _host_state()
-            assert during["netns"] != before["netns"] and node.bridge in during["links"]
+            # What is checked below was really made: the pod's netns, the bridge, the table.
+            assert set(during["netns"]) - set(before["netns"]) and node.bridge in during["links"]
+            assert set(during["nft_tables"]) - set(before["nft_tables"])
     after = _host_state()
-    for key in before:
-        if key == "processes":
-            continue
-        assert after[key] == before[key], key
-    # containerd, its shims and the kubelet's children: none of ours is left.
-    assert set(after["processes"]) <= set(before["processes"])
+    # Nothing of ours is left. (Another node of this session may remove its own things
+    # meanwhile, so "left" is what is there now and was not before.)
+    assert after["sysctls"] == before["sysctls"]
+    for key in ("netns", "links", "nft_tables", "mounts", "var_lib_cni", "var_log_containers", "processes"):
+        assert set(after[key]) - set(before[key]) == set(), key
+    for hierarchy, entries in after["cgroups"].items():
+        assert set(entries) - set(before["cgroups"][hierarchy]) == set(), hierarchy

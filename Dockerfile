@@ -1,31 +1,20 @@
-# One image for the operator and the node agent.
+# One image for the operator and the node agent. Build it with `make image`
+# (docs/getting-started.md): with Docker or Podman from this file; without
+# them, hack/image/build.sh makes the same image from Debian's packages
+# (mmdebstrap) and reads ENV, WORKDIR and CMD from this file. Both run the same
+# hack/image/install.sh: what goes into the image is defined there, once.
 # Debian bookworm: BCC comes from Debian's python3-bpfcc (not on PyPI), so the
 # image uses Debian's Python 3.11 and a venv that sees the system site-packages.
-# Kernel headers are NOT in the image: the DaemonSet mounts the node's
-# /lib/modules and /usr/src, and the agent finds them there (docs/agent.md).
 FROM debian:bookworm-slim
 
-RUN apt-get update \
- && apt-get install -y --no-install-recommends \
-      python3 python3-venv python3-bpfcc bpfcc-tools iproute2 ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+# The sources are bind-mounted, never copied into a layer; install.sh takes only
+# the product's files (no test bed, no tests) and cleans up in the same layer.
+RUN --mount=type=bind,source=.,target=/src sh /src/hack/image/install.sh /src
 
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY node_agent/ node_agent/
-COPY operator/ operator/
-COPY hack/netprobe_testbed/ hack/netprobe_testbed/
-
-RUN python3 -m venv --system-site-packages /opt/netprobe \
- && /opt/netprobe/bin/pip install --no-cache-dir /src \
- && /opt/netprobe/bin/python -c "import bcc, netprobe_operator.handlers, node_agent" \
- && rm -rf /src
-
-# The BPF C sources, compiled by BCC on the node at run time.
-COPY bpf/ /opt/netprobe/bpf/
-
-ENV PATH=/opt/netprobe/bin:$PATH \
+# NETPROBE_KERNEL_HEADERS: the image's fallback header tree (node_agent/kernel/headers.py).
+ENV PATH=/opt/netprobe/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     NETPROBE_BPF_DIR=/opt/netprobe/bpf \
+    NETPROBE_KERNEL_HEADERS=/opt/netprobe/kernel-headers \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 WORKDIR /

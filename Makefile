@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 
-.PHONY: setup generate demo test test-agent test-cluster e2e bench controlplane cluster-up cluster-down lint clean
+.PHONY: setup generate demo test test-agent test-cluster e2e e2e-node bench controlplane image cluster-up cluster-down lint clean
 
 setup:
 	@bash hack/setup.sh
@@ -16,8 +16,8 @@ generate: setup
 demo: setup
 	$(PY) -m netprobe_testbed.demo
 
-## The whole suite (kernel, control plane, operator, end to end).
-test: setup controlplane
+## The whole suite (kernel, control plane, operator, end to end, the real node).
+test: setup controlplane image
 	$(PYTEST) tests
 
 test-agent: setup
@@ -26,12 +26,21 @@ test-agent: setup
 e2e: setup controlplane
 	$(PYTEST) tests/e2e
 
+## The product as users install it: the image on a real node (containerd + kubelet).
+e2e-node: setup controlplane image
+	$(PYTEST) tests/e2e_node
+
 bench: setup
 	$(PY) -m bench
 
 ## kube-apiserver, etcd, kube-controller-manager, kube-scheduler from Go modules.
 controlplane:
 	@bash hack/controlplane/build.sh
+
+## The operator + agent image: Docker/Podman from the Dockerfile, else mmdebstrap and an
+## OCI archive (bin/netprobe-image.tar). IMAGE=ref IMAGE_BUILDER=docker|podman|mmdebstrap
+image:
+	@bash hack/image/build.sh
 
 cluster-up: setup controlplane
 	$(PY) -m netprobe_testbed.cluster up

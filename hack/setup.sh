@@ -16,6 +16,9 @@ APT_PACKAGES=(
   prometheus                          # real Prometheus server and promtool
   bind9-dnsutils                      # dig: DNS clients of the dns program's tests
   openssl curl ca-certificates
+  # a real node for the end-to-end test (netprobe_testbed.node): container runtime, CNI
+  # plugins, a static busybox for pause and workload images; mmdebstrap for `make image`
+  containerd runc containernetworking-plugins busybox-static mmdebstrap
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

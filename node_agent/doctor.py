@@ -7,7 +7,10 @@ program can load.
 """
 from __future__ import annotations
 
-from node_agent.kernel.features import BCC_TRACEFS, DAEMONSET_CAPABILITIES, KernelFeatures
+import re
+
+from node_agent.kernel.features import (BCC_TRACEFS, DAEMONSET_CAPABILITIES, MEMLOCK_ACCOUNTING_BEFORE,
+                                       KernelFeatures)
 from node_agent.kernel.headers import HeadersNotFound
 from node_agent.kernel.mounts import ensure_pseudo_filesystems
 from node_agent.programs import CATALOGUE
@@ -15,6 +18,11 @@ from node_agent.programs import CATALOGUE
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def memlock_charged(release: str) -> bool:
+    nums = [int(x) for x in re.findall(r"\d+", release)[:2]]
+    return len(nums) == 2 and tuple(nums) < MEMLOCK_ACCOUNTING_BEFORE
 
 
 def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
@@ -39,6 +47,9 @@ def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
         lines.append("  missing: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): no program can load")
     elif missing and "SYS_ADMIN" not in caps:
         lines.append(f"  not held (of the DaemonSet's set): {', '.join(missing)}")
+    if memlock_charged(f.release) and not caps & {"SYS_RESOURCE", "SYS_ADMIN"}:
+        lines.append("  this kernel charges BPF maps to RLIMIT_MEMLOCK and SYS_RESOURCE is not held: "
+                     "large maps may fail to load; set spec.agent.raiseMemlockLimit: true")
 
     tracepoints = sorted({tp for spec in CATALOGUE.values() for s in spec.strategies
                           for tp in s.tracepoints + s.raw_tracepoints})

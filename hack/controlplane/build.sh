@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's Kubernetes control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd) from the Go modules pinned in this folder's go.mod, and
-# links the binaries into the repo's ignored bin/ folder.
+# kube-scheduler, kubectl, etcd) and the kubelet of the real-node tests from the Go modules
+# pinned in this folder's go.mod, and links the binaries into the repo's ignored bin/ folder.
 #
 # The binaries are cached outside the repo, keyed by go.mod + go.sum + this script + the
 # Go version, so a fresh clone (CI) reuses them and an unchanged key skips the build.
@@ -16,7 +16,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet etcd)
 
 say() { printf '[controlplane] %s\n' "$*"; }
 die() { printf '[controlplane] error: %s\n' "$*" >&2; exit 1; }
@@ -85,7 +85,7 @@ trap 'rm -rf "$staging"' EXIT
 
 say "compiling up to $total packages, $jobs at a time (a cold build takes a while)"
 start=$SECONDS
-# One invocation for all five main packages: shared dependencies compile once.
+# One invocation for all six main packages: shared dependencies compile once.
 # -v names each package as it is compiled; turn that into a periodic progress line and
 # let every other line (compiler errors) through untouched.
 report_progress() {

@@ -5,9 +5,13 @@
 certificates, ServiceAccount signing keys and a static admin token, all in one
 temporary directory that `stop()` removes together with every process it started.
 
-There is no kubelet: nothing runs pods. `netprobe_testbed.kube` registers fake Nodes and
-plays the kubelet's part on pod status, so the scheduler, the DaemonSet controller and
-everything that watches pods behave as on a real cluster.
+By default there is no kubelet: nothing runs pods. `netprobe_testbed.kube` registers fake
+Nodes and plays the kubelet's part on pod status, so the scheduler, the DaemonSet
+controller and everything that watches pods behave as on a real cluster. With
+`real_nodes=True` the control plane is ready for real kubelets (`netprobe_testbed.node`):
+the node lifecycle and endpoints controllers run, kube-apiserver listens on every address
+(pods reach it through the `kubernetes` Service address, which the node forwards) and
+reaches kubelets at their InternalIP.
 
 By hand:  python -m netprobe_testbed.cluster up     (foreground until Ctrl-C)
           python -m netprobe_testbed.cluster down   (stops an `up` running elsewhere)
@@ -60,8 +64,18 @@ CONTROLLERS = (
     "replicaset-controller",
 )
 
-# Never routed: no kube-proxy runs, Service IPs are only allocated.
+# With real nodes: taints and readiness from kubelet heartbeats, Service endpoints (what
+# Prometheus' endpoints discovery reads, as the ServiceMonitor asks).
+REAL_NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+)
+
+# Never routed: no kube-proxy runs, Service IPs are only allocated (a real node of the
+# test bed forwards the `kubernetes` Service's address, KUBERNETES_SERVICE_IP, itself).
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # Where `up` records itself for `down`. Tests of the command line point it elsewhere.
@@ -161,6 +175,8 @@ def _write_pki(directory: Path) -> _Pki:
             x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            # What pods dial (in-cluster config): the `kubernetes` Service's address.
+            x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
         ]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -237,8 +253,10 @@ class ControlPlane:
     PORT_ATTEMPTS = 3
 
     def __init__(self, workdir: str | os.PathLike | None = None, bin_dir: Path = BIN_DIR,
-                 start_timeout: float = 120.0):
+                 start_timeout: float = 120.0, real_nodes: bool = False):
         self._requested_workdir = Path(workdir) if workdir is not None else None
+        self.real_nodes = real_nodes
+        self.port = 0   # kube-apiserver's port once started
         self.bin_dir = Path(bin_dir)
         self.start_timeout = start_timeout
         self.workdir: Path | None = None
@@ -407,6 +425,7 @@ class ControlPlane:
 
         etcd_client, etcd_peer, apiserver, controller_manager, scheduler = free_ports(5)
         self.server = f"https://127.0.0.1:{apiserver}"
+        self.port = apiserver
 
         # Static tokens: the admin (system:masters), and the identities the default RBAC
         # policy already grants to the controller manager and the scheduler.
@@ -450,7 +469,9 @@ class ControlPlane:
             ],
             "kube-apiserver": [
                 f"--etcd-servers={etcd_client_url}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                # Real nodes' pods reach it through the node's address; otherwise loopback only.
+                f"--bind-address={'0.0.0.0' if self.real_nodes else '127.0.0.1'}",
+                "--advertise-address=127.0.0.1",
                 f"--secure-port={apiserver}", *serving,
                 f"--cert-dir={work / 'pki'}",
                 f"--client-ca-file={pki.ca_file}",
@@ -470,6 +491,8 @@ class ControlPlane:
                 # apiserver exits in about a second, as in a rolling restart.
                 "--shutdown-watch-termination-grace-period=2s",
                 "--profiling=false",
+                # logs/exec: kubelets are reached at the address they registered, not by name.
+                *(["--kubelet-preferred-address-types=InternalIP"] if self.real_nodes else []),
             ],
             "kube-controller-manager": [
                 f"--kubeconfig={kcm_kubeconfig}",
@@ -477,7 +500,7 @@ class ControlPlane:
                 f"--authorization-kubeconfig={kcm_kubeconfig}",
                 *delegated_authn,
                 "--bind-address=127.0.0.1", f"--secure-port={controller_manager}", *serving,
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(CONTROLLERS + (REAL_NODE_CONTROLLERS if self.real_nodes else ()))}",
                 "--leader-elect=false",
                 # Each controller acts as its own ServiceAccount, so RBAC applies as in a
                 # real cluster.

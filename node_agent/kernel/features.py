@@ -25,7 +25,13 @@ CAPABILITY_NAMES = (
 # The capabilities the agent's DaemonSet grants (everything else is dropped):
 # the operator renders them, `doctor` and the tests check against them.
 # Why each one: docs/agent.md, "Capabilities (for the DaemonSet)".
-DAEMONSET_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE")
+DAEMONSET_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN")
+# Added only with the probe's spec.agent.raiseMemlockLimit: kernels before 5.11
+# charge BPF maps to RLIMIT_MEMLOCK, which only SYS_RESOURCE may raise. Never by
+# default: a runtime on a host without it in the bounding set cannot start a
+# container that asks for it.
+MEMLOCK_CAPABILITY = "SYS_RESOURCE"
+MEMLOCK_ACCOUNTING_BEFORE = (5, 11)
 
 
 def effective_capabilities() -> set[str]:

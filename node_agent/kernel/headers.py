@@ -2,7 +2,9 @@
 
 Order: $BCC_KERNEL_SOURCE if set; the running kernel's
 /lib/modules/$(uname -r)/build (with its source/ sibling, as a host mount in a
-pod provides it); else the nearest installed /usr/src/linux-headers-*.
+pod provides it); else the nearest of the installed /usr/src/linux-headers-*
+and the image's fallback tree ($NETPROBE_KERNEL_HEADERS, the newest kernel
+series Debian packages, already merged; the node's win a tie).
 Distributions split those: Debian ships the generated half in -amd64 and the
 rest in -common (Ubuntu: -generic and the unflavoured directory). BCC wants one
 tree when pointed at it with BCC_KERNEL_SOURCE, so the two are merged into a
@@ -20,6 +22,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 USR_SRC = Path("/usr/src")
+# The image's own header trees, for nodes without headers (hack/image/install.sh).
+IMAGE_HEADERS = Path(os.environ.get("NETPROBE_KERNEL_HEADERS", "/opt/netprobe/kernel-headers"))
+IMAGE_SOURCE = "image fallback"
 MODULES = Path("/lib/modules")
 RUN_DIR = Path(os.environ.get("NETPROBE_RUN_DIR", "/run/netprobe")) / "kernel-headers"
 
@@ -36,7 +41,7 @@ class HeadersNotFound(RuntimeError):
 
 @dataclass(frozen=True)
 class KernelHeaders:
-    source: str        # "BCC_KERNEL_SOURCE" | "/lib/modules" | "/usr/src (nearest)"
+    source: str        # "BCC_KERNEL_SOURCE" | "/lib/modules" | "/usr/src (nearest)" | IMAGE_SOURCE
     path: str          # what BCC compiles against
     version: str       # kernel version the headers belong to ("" if unknown)
     exact: bool        # headers of the running kernel?
@@ -77,7 +82,7 @@ def _merge_into(dst: Path, trees: list[Path]) -> None:
 def _split_partner(flavoured: Path) -> Path | None:
     """The plain half of a split header package (Debian -common, Ubuntu unflavoured)."""
     base = flavoured.name.rsplit("-", 1)[0]
-    for candidate in (USR_SRC / f"{base}-common", USR_SRC / base):
+    for candidate in (flavoured.parent / f"{base}-common", flavoured.parent / base):
         if candidate != flavoured and _is_tree(candidate):
             return candidate
     # The flavoured Makefile names its partner (Debian: "include .../-common/Makefile").
@@ -107,22 +112,23 @@ def _assemble(trees: list[Path], name: str) -> Path:
     return target
 
 
-def _installed_candidates(release: str) -> list[tuple[Path, str]]:
-    """Generated halves under /usr/src, nearest version to `release` first."""
+def _installed_candidates(release: str) -> list[tuple[Path, str, str]]:
+    """Generated halves under /usr/src and in the image, nearest version to `release` first."""
     found = []
-    if USR_SRC.is_dir():
-        for d in USR_SRC.glob("linux-headers-*"):
-            if (d / "include" / "generated").is_dir():
-                version = d.name[len("linux-headers-"):]
-                found.append((d, version))
+    for rank, (root, source) in enumerate(((USR_SRC, "/usr/src (nearest)"), (IMAGE_HEADERS, IMAGE_SOURCE))):
+        if root.is_dir():
+            for d in root.glob("linux-headers-*"):
+                if (d / "include" / "generated").is_dir():
+                    found.append((d, d.name[len("linux-headers-"):], source, rank))
     want = _version_tuple(release)
 
     def distance(item):
         v = _version_tuple(item[1])
-        # Same major.minor beats everything; then the closest, newer first.
+        # Same major.minor beats everything; then the closest series, the node's before
+        # the image's, newer first.
         return (v[:2] != want[:2], abs((v + (0,) * 4)[0] * 1000 + (v + (0,) * 4)[1]
-                                        - (want[0] * 1000 + want[1])), tuple(-x for x in v))
-    return sorted(found, key=distance)
+                                        - (want[0] * 1000 + want[1])), item[3], tuple(-x for x in v))
+    return [item[:3] for item in sorted(found, key=distance)]
 
 
 def find_kernel_headers(release: str | None = None, set_env: bool = True) -> KernelHeaders:
@@ -142,7 +148,7 @@ def find_kernel_headers(release: str | None = None, set_env: bool = True) -> Ker
         # BCC itself looks here and combines build/ with source/ when split.
         return KernelHeaders("/lib/modules", str(build.resolve()), release, True)
 
-    for flavoured, version in _installed_candidates(release):
+    for flavoured, version, source in _installed_candidates(release):
         trees = [flavoured]
         if not _is_complete(flavoured):
             partner = _split_partner(flavoured)
@@ -153,7 +159,7 @@ def find_kernel_headers(release: str | None = None, set_env: bool = True) -> Ker
         path = _assemble(trees, flavoured.name) if len(trees) > 1 else flavoured
         if set_env:
             os.environ["BCC_KERNEL_SOURCE"] = str(path)
-        return KernelHeaders("/usr/src (nearest)", str(path), version,
+        return KernelHeaders(source, str(path), version,
                              _version_tuple(version)[:3] == _version_tuple(release)[:3])
 
     raise HeadersNotFound(f"no kernel headers found for {release}: {FIX_HINT}")

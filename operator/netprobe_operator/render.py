@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
-from node_agent.kernel.features import DAEMONSET_CAPABILITIES
+from node_agent.kernel.features import DAEMONSET_CAPABILITIES, MEMLOCK_CAPABILITY
 
 from . import settings as s
 from .program_schema import agent_options
@@ -49,6 +49,12 @@ TEMPLATES.filters["b64"] = lambda data: base64.b64encode(data).decode()
 # Where the agent container finds its serving certificate.
 TLS_MOUNT = "/etc/netprobe-tls"
 TEMPLATES.filters["agent_options"] = agent_options
+
+
+def agent_capabilities(spec: Mapping[str, Any]) -> list[str]:
+    """The agent's own list (doctor reads it), SYS_RESOURCE only when the probe asks."""
+    extra = [MEMLOCK_CAPABILITY] if spec["agent"].get("raiseMemlockLimit") else []
+    return [*DAEMONSET_CAPABILITIES, *extra]
 
 # Dashboards shipped, by template file; each becomes one ConfigMap.
 DASHBOARDS = {"overview": "Overview", "agents": "Agents"}
@@ -182,7 +188,7 @@ def render(probe: Probe, config: s.OperatorSettings, certificates: Certificates 
         "owner_references": owner_references(probe),
         "default_image": config.agent_image,
         "agent_service_account": config.agent_service_account,
-        "capabilities": list(DAEMONSET_CAPABILITIES),  # the agent's own list (doctor reads it)
+        "capabilities": agent_capabilities(spec),
         "program_names": [p["name"] for p in spec["programs"]],
         "tls_mount": TLS_MOUNT,
         "service_dns_names": service_dns_names(probe.name, config.namespace),

@@ -91,6 +91,7 @@ def fake_usr_src(tmp_path, monkeypatch):
     for v in ("5.10.0-30", "6.1.0-56", "6.12.0-1"):
         _fake_split_headers(src, v)
     monkeypatch.setattr(hdr, "USR_SRC", src)
+    monkeypatch.setattr(hdr, "IMAGE_HEADERS", tmp_path / "no-image-headers")
     monkeypatch.setattr(hdr, "MODULES", tmp_path / "modules")
     monkeypatch.setattr(hdr, "RUN_DIR", tmp_path / "run")
     # setenv first so that the original state (usually: unset) is what gets
@@ -116,6 +117,40 @@ def test_nearest_split_headers_are_merged_into_one_tree(fake_usr_src, monkeypatc
     assert hdr.find_kernel_headers("6.11.0", set_env=False).version == "6.12.0-1-amd64"
 
 
+def _fake_image_headers(root: Path, version: str) -> Path:
+    """A merged tree as hack/image/install.sh lays it out (both halves in one)."""
+    tree = root / f"linux-headers-{version}-amd64"
+    for d in (tree / "include" / "generated", tree / "include" / "linux",
+              tree / "arch" / "x86" / "include" / "generated"):
+        d.mkdir(parents=True)
+    return tree
+
+
+def test_image_headers_serve_nodes_without_any(fake_usr_src, monkeypatch, tmp_path):
+    image = tmp_path / "image-headers"
+    tree = _fake_image_headers(image, "6.1.0-57")
+    monkeypatch.setattr(hdr, "IMAGE_HEADERS", image)
+    monkeypatch.setattr(hdr, "USR_SRC", tmp_path / "empty")
+    found = hdr.find_kernel_headers("6.18.0", set_env=False)
+    # Complete already: used in place, no merged copy in the run directory.
+    assert (found.source, found.path, found.version) == (hdr.IMAGE_SOURCE, str(tree), "6.1.0-57-amd64")
+    assert "image fallback" in found.describe() and "NOT the running kernel" in found.describe()
+
+
+def test_node_headers_win_over_the_image_unless_the_image_is_nearer(fake_usr_src, monkeypatch, tmp_path):
+    image = tmp_path / "image-headers"
+    _fake_image_headers(image, "6.1.0-57")
+    monkeypatch.setattr(hdr, "IMAGE_HEADERS", image)
+    # The node has 6.1.0-56: same series as the image's (6.1.0-57), the node's wins.
+    assert hdr.find_kernel_headers("6.1.90", set_env=False).source == "/usr/src (nearest)"
+    assert hdr.find_kernel_headers("6.2.0", set_env=False).version == "6.1.0-56-amd64"
+    assert hdr.find_kernel_headers("5.10.200", set_env=False).version == "5.10.0-30-amd64"
+    # An image series nearer than anything the node has (6.17 vs 6.12 for 6.18): the image's.
+    nearer = _fake_image_headers(image, "6.17.0-1")
+    found = hdr.find_kernel_headers("6.18.0", set_env=False)
+    assert (found.source, found.path) == (hdr.IMAGE_SOURCE, str(nearer))
+
+
 def test_bcc_kernel_source_wins_and_is_checked(fake_usr_src, monkeypatch, tmp_path):
     monkeypatch.setenv("BCC_KERNEL_SOURCE", str(fake_usr_src / "linux-headers-5.10.0-30-common"))
     assert hdr.find_kernel_headers("6.1.0").source == "BCC_KERNEL_SOURCE"
@@ -126,6 +161,7 @@ def test_bcc_kernel_source_wins_and_is_checked(fake_usr_src, monkeypatch, tmp_pa
 
 def test_no_headers_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(hdr, "USR_SRC", tmp_path / "empty")
+    monkeypatch.setattr(hdr, "IMAGE_HEADERS", tmp_path / "empty")
     monkeypatch.setattr(hdr, "MODULES", tmp_path / "modules")
     monkeypatch.setenv("BCC_KERNEL_SOURCE", "")
     monkeypatch.delenv("BCC_KERNEL_SOURCE")
@@ -167,6 +203,25 @@ def test_doctor_reports_every_program_and_the_fallback():
         assert "kprobes: no" in out
         assert "rx_latency: can load: yes, via raw_tracepoint" in out
         assert "kprobe: unavailable: kernel without kprobes" in out
+
+
+@pytest.mark.parametrize("release, held, warned", [
+    ("5.10.0-28-amd64", {"BPF", "PERFMON", "NET_ADMIN"}, True),
+    ("5.10.0-28-amd64", {"BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"}, False),
+    ("5.11.0", {"BPF", "PERFMON", "NET_ADMIN"}, False),
+    ("6.18.0", {"BPF", "PERFMON", "NET_ADMIN"}, False),
+])
+def test_doctor_says_when_the_kernel_needs_sys_resource(release, held, warned):
+    from node_agent import doctor
+    from node_agent.kernel.features import KernelFeatures
+    from node_agent.kernel.headers import KernelHeaders
+    f = KernelFeatures(release=release)
+    # Preset the cached properties: only the capability lines are under test.
+    f.__dict__.update(capabilities=held, headers=KernelHeaders("/usr/src (nearest)", "/x", "6.1", False))
+    lines, _ = doctor.report(f)
+    says = any("spec.agent.raiseMemlockLimit: true" in line for line in lines)
+    assert says is warned, "\n".join(lines)
+    assert not any("not held (of the DaemonSet" in line for line in lines)
 
 
 @pytest.mark.kernel

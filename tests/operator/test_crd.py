@@ -68,6 +68,7 @@ def test_printer_columns():
 def test_defaults_give_a_complete_spec():
     spec = crd_schema.defaulted_spec({"programs": [{"name": "tcp_rtt"}]})
     assert spec["agent"]["metricsPort"] == 9435
+    assert spec["agent"]["raiseMemlockLimit"] is False
     assert spec["resolver"] == {"peers": "cluster", "deletedPodGraceSeconds": 60}
     assert spec["serviceMonitor"] == {"enabled": True, "interval": "30s"}
     assert spec["prometheusRule"]["thresholds"]["retransmitsPerSecond"] == 1

@@ -390,6 +390,8 @@ INVALID = {
     "duplicate-program": ({"programs": [{"name": "tcp_rtt"}, {"name": "tcp_rtt"}]},
                           "spec.programs[1]", "Duplicate value"),
     "no-programs": ({"programs": []}, "spec.programs", "should have at least 1 items"),
+    "memlock-not-boolean": ({"programs": [{"name": "tcp_rtt"}], "agent": {"raiseMemlockLimit": "yes"}},
+                            "spec.agent.raiseMemlockLimit", "must be of type boolean"),
     "bad-interval": ({"programs": [{"name": "tcp_rtt"}], "serviceMonitor": {"interval": "soon"}},
                      "spec.serviceMonitor.interval", "should match"),
 }

@@ -98,11 +98,31 @@ def test_daemonset_least_privilege(daemonset):
     (container,) = pod["containers"]
     sc = container["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    # No SYS_RESOURCE by default: a runtime on a host without it cannot start the pod.
     assert sc["capabilities"] == {"drop": ["ALL"], "add": list(DAEMONSET_CAPABILITIES)}
+    assert "SYS_RESOURCE" not in DAEMONSET_CAPABILITIES
     assert "SYS_ADMIN" not in json.dumps(daemonset)
     assert sc["readOnlyRootFilesystem"] is True
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert "hostPID" not in pod and "hostIPC" not in pod
+
+
+@pytest.mark.parametrize("raise_memlock, added", [
+    (None, ["BPF", "PERFMON", "NET_ADMIN"]),
+    (False, ["BPF", "PERFMON", "NET_ADMIN"]),
+    (True, ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]),
+])
+def test_sys_resource_only_when_asked_for(render_probe, raise_memlock, added):
+    agent = {} if raise_memlock is None else {"raiseMemlockLimit": raise_memlock}
+    ds = render_probe({"programs": ALL_IMPLEMENTED, "agent": agent}).one("DaemonSet")
+    (container,) = ds["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": added}
+
+
+def test_doctor_checks_the_capabilities_the_daemonset_grants():
+    from netprobe_operator import render
+    from node_agent import doctor
+    assert doctor.DAEMONSET_CAPABILITIES == render.AGENT_CAPABILITIES
 
 
 def test_daemonset_host_mounts_are_read_only(daemonset):

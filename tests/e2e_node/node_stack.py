@@ -55,6 +55,9 @@ ROUNDS, ROUND_PAUSE = 4, 2.5
 
 
 @dataclass(frozen=True)
+# The ServiceAccount kube-prometheus-stack runs Prometheus as (manifests/prometheus-rbac.yaml).
+PROMETHEUS_SA = ("monitoring", "kube-prometheus-stack-prometheus")
+
 class Identity:
     namespace: str
     pod: str
@@ -188,8 +191,27 @@ class NodeStack:
             "file_sd_configs": [{"files": [str(targets)]}],
             "relabel_configs": relabel,
         }
+        if endpoint.get("scheme") == "https":
+            scrape.update(self.prometheus_tls(endpoint))
         self.prom = PrometheusServer([scrape], rule["spec"]["groups"])
         self.prom.start()
+
+    def prometheus_tls(self, endpoint: dict) -> dict:
+        """What the Prometheus Operator makes of the endpoint's TLS settings, with the files a
+        kube-prometheus-stack Prometheus pod has: its ServiceAccount's token (the account
+        manifests/prometheus-rbac.yaml grants get on /metrics) and the CA of the ConfigMap."""
+        assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        namespace, name = PROMETHEUS_SA
+        self.kubectl("create", "namespace", namespace)
+        self.kubectl("-n", namespace, "create", "serviceaccount", name)
+        token_file = self.workdir / "prometheus-token"
+        token_file.write_text(self.cp.token_for(namespace, name))
+        tls = endpoint["tlsConfig"]
+        ca_ref = tls["ca"]["configMap"]
+        ca_file = self.workdir / "prometheus-ca.crt"
+        ca_file.write_text(self.get_json("-n", NAMESPACE, "get", "configmap", ca_ref["name"])["data"][ca_ref["key"]])
+        return {"scheme": "https", "bearer_token_file": str(token_file),
+                "tls_config": {"ca_file": str(ca_file), "server_name": tls["serverName"]}}
 
     def discover_endpoints(self, namespaces: list[str]) -> list[dict]:
         """Kubernetes service discovery (role endpoints) done here: Debian's Prometheus is

@@ -54,10 +54,11 @@ DROP_PERCENT = 20
 ROUNDS, ROUND_PAUSE = 4, 2.5
 
 
-@dataclass(frozen=True)
 # The ServiceAccount kube-prometheus-stack runs Prometheus as (manifests/prometheus-rbac.yaml).
 PROMETHEUS_SA = ("monitoring", "kube-prometheus-stack-prometheus")
 
+
+@dataclass(frozen=True)
 class Identity:
     namespace: str
     pod: str

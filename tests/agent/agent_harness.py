@@ -49,7 +49,7 @@ class Scrape:
 
 
 class AgentProcess:
-    def __init__(self, workdir: Path, programs: dict, pods_file: Path, labels=LABELS, prefix=None):
+    def __init__(self, workdir: Path, programs: dict, pods_file: Path, labels=LABELS, prefix=None, env=None):
         self.workdir = workdir
         self.port = free_port()
         self.config_path = workdir / "agent.yaml"
@@ -58,6 +58,7 @@ class AgentProcess:
         self.log_path = workdir / "agent.log"
         self.write_config(programs)
         self.prefix = prefix or []
+        self.env = env            # extra environment variables of the agent process
         self.proc: subprocess.Popen | None = None
 
     def config_text(self, programs: dict, **extra) -> str:
@@ -74,7 +75,8 @@ class AgentProcess:
     def start(self, timeout: float = 120) -> "AgentProcess":
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.prefix + AGENT + ["--config", str(self.config_path)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
+                                     env=dict(os.environ, **self.env) if self.env else None)
         wait_until(self._ready, timeout=timeout, interval=0.3, what=f"agent ready (log: {self.log_path})")
         return self
 
@@ -102,6 +104,22 @@ class AgentProcess:
         if getattr(self, "log", None):
             self.log.close()
         return self.proc.returncode if self.proc else 0
+
+
+def expected_attach(programs: dict) -> dict[str, str]:
+    """The attach mode each program gets on this kernel with these options, by
+    the agent's own feature detection (node_agent/kernel/features.py): the
+    first candidate strategy the kernel offers. The same tests then hold on a
+    kernel with kprobes (rx_latency: kprobe) and one without (its fallback)."""
+    from node_agent.kernel.features import KernelFeatures
+    from node_agent.programs import CATALOGUE
+
+    features, attach = KernelFeatures(), {}
+    for name, options in programs.items():
+        spec = CATALOGUE[name]
+        candidates = spec.candidate_strategies({**spec.defaults(), **options})
+        attach[name] = next((s.name for s in candidates if not features.unmet(s)), candidates[-1].name)
+    return attach
 
 
 def bpf_objects_of(pid: int) -> dict[str, set[int]]:

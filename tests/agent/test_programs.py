@@ -15,7 +15,9 @@ import pytest
 
 from netprobe_testbed.netns import Lab, wait_until
 
-from agent_harness import ALL_PROGRAMS, AgentProcess, need_root
+from agent_harness import ALL_PROGRAMS, AgentProcess, expected_attach, need_root
+from node_agent.kernel.features import KernelFeatures
+from node_agent.runtime.instance import SKEW_ENV
 
 pytestmark = pytest.mark.kernel
 
@@ -44,19 +46,18 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
     return labels
 
 
-# Every test runs twice: with the defaults (the cheapest hooks this kernel
-# takes: raw tracepoints) and with every program forced onto plain
-# tracepoints, the fallback, which must count the same.
+# Every test runs with the defaults (`auto`: the hooks this kernel offers
+# first, by the agent's own feature detection: raw tracepoints, and kprobes
+# for rx_latency where the kernel has them) and with every program forced
+# onto plain tracepoints, the fallback, which must count the same. Where
+# `auto` takes kprobes, the raw tracepoints get a run of their own.
+KPROBES = KernelFeatures().kprobes
 ATTACH_MODES = {
     "auto": ALL_PROGRAMS,
     "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
+    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}} if KPROBES else {}),
 }
-EXPECTED_ATTACH = {
-    "auto": {"tcp_retransmit": "raw_tracepoint", "tcp_connections": "raw_tracepoint",
-             "tcp_rtt": "raw_tracepoint", "rx_latency": "raw_tracepoint"},
-    "tracepoint": {"tcp_retransmit": "tracepoint", "tcp_connections": "tracepoint",
-                   "tcp_rtt": "tracepoint", "rx_latency": "tracepoint"},
-}
+EXPECTED_ATTACH = {mode: expected_attach(programs) for mode, programs in ATTACH_MODES.items()}
 
 
 @pytest.fixture(scope="module", params=list(ATTACH_MODES))
@@ -84,11 +85,13 @@ def ip(lab, pod, family):
     return getattr(lab.pods[pod], family)
 
 
-def test_every_program_loads_and_rx_latency_falls_back_from_kprobes(agent, attach_mode):
+def test_every_program_loads_with_the_attach_mode_the_kernel_offers(agent, attach_mode):
     s = agent.scrape()
     attach = {x.labels["program"]: x.labels["attach"] for x in s.all("netprobe_program_info")}
     assert attach == EXPECTED_ATTACH[attach_mode]
-    # The kprobe strategy was skipped because the kernel has none, not failed.
+    if attach_mode == "auto":   # the classic kprobes where the kernel has them, else the fallback
+        assert attach["rx_latency"] == ("kprobe" if KPROBES else "raw_tracepoint")
+    # A strategy the kernel lacks (no kprobes) was skipped, not failed.
     assert s.value("netprobe_program_errors_total") == 0
 
 
@@ -226,40 +229,69 @@ def test_rtt_histogram_has_positive_sane_sums(lab, agent, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, family):
+def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, attach_mode, family):
     """Each connection carries one 64-byte request to b and one echo back to a:
-    one data packet delivered to a reader on each side, so the histograms of
-    both pods rise by n (packets without payload are never read)."""
+    one data packet delivered to a reader on each side, so the tracepoint
+    spans of both pods rise by n (packets without payload are never read).
+    The kprobe span (ip_rcv -> ip_rcv_finish) sees every packet the pod
+    received instead, SYNs and ACKs too: the pod's own Tcp InSegs."""
     n = 20
     port = 7050 + FAMILIES.index(family)
     lab.serve_tcp("b", port)
     server, client = pod_labels("b", "a"), pod_labels("a", "b")
-    before = agent.scrape()
+    kprobe = EXPECTED_ATTACH[attach_mode]["rx_latency"] == "kprobe"
+    mib_before, before = {p: netns_mib(lab, p) for p in "ab"}, agent.scrape()
     assert lab.connect_many("a", ip(lab, "b", family), port, n) == n
-    after = agent.scrape()
-    for labels in (server, client):
-        count = after.value("netprobe_rx_latency_seconds_count", **labels) - \
-            before.value("netprobe_rx_latency_seconds_count", **labels)
-        total = after.value("netprobe_rx_latency_seconds_sum", **labels) - \
+
+    def counts():
+        s, mib = agent.scrape(), {p: netns_mib(lab, p) for p in "ab"}
+        got = {p: s.value("netprobe_rx_latency_seconds_count", **labels) -
+               before.value("netprobe_rx_latency_seconds_count", **labels)
+               for p, labels in (("b", server), ("a", client))}
+        want = {p: (mib[p]["TcpInSegs"] - mib_before[p]["TcpInSegs"]) if kprobe else n for p in "ab"}
+        # Neighbour discovery between the two pods' addresses passes ip6_rcv too (no TCP segment).
+        ndp = {p: sum(mib[p][k] - mib_before[p][k] for k in ("Icmp6InNeighborSolicits", "Icmp6InNeighborAdvertisements"))
+               for p in "ab"}
+        return s, got, want, ndp
+    after, got, want, ndp = counts()
+    deadline = time.monotonic() + 5      # the last ACK may arrive just after the client returns
+    while any(got[p] < want[p] for p in "ab") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after, got, want, ndp = counts()
+    for p, labels in (("b", server), ("a", client)):
+        count, total = got[p], after.value("netprobe_rx_latency_seconds_sum", **labels) - \
             before.value("netprobe_rx_latency_seconds_sum", **labels)
-        # Exactly n, unless another packet took a start slot first: such a
-        # loss is never silent, it is counted as an unmatched end.
+        # Exactly that many, unless another packet took a start slot first:
+        # such a loss is never silent, it is counted as an unmatched end.
         unmatched = after.value("netprobe_program_discarded_events_total", reason="unmatched") - \
             before.value("netprobe_program_discarded_events_total", reason="unmatched")
-        assert n - unmatched <= count <= n, labels
+        if kprobe:
+            assert want[p] >= 3 * n, "SYN or SYN-ACK, data, FIN and ACKs per connection"
+        assert want[p] - unmatched <= count <= want[p] + ndp[p], (labels, want[p], unmatched, ndp[p])
         assert 0 < total / count < 1.0
         inf = after.value("netprobe_rx_latency_seconds_bucket", le="+Inf", **labels)
         assert inf == after.value("netprobe_rx_latency_seconds_count", **labels)
     assert after.value("netprobe_rx_latency_seconds_count", **pod_labels("c")) == 0
 
 
+def netns_mib(lab, pod: str) -> dict[str, int]:
+    """The kernel's own counters of a pod's network namespace, named as nstat
+    names them (TcpOutSegs, Ip6InReceives, ...): /proc/net/snmp and snmp6."""
+    mib = {}
+    lines = lab.pods[pod].run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+    for header, values in zip(lines[::2], lines[1::2]):
+        proto, names = header.split(":")
+        mib.update({proto + name: int(v) for name, v in zip(names.split(), values.split(":")[1].split())})
+    for line in lab.pods[pod].run(["cat", "/proc/net/snmp6"]).stdout.splitlines():
+        name, value = line.split()
+        mib[name] = int(value)
+    return mib
+
+
 def tcp_out_segments(lab, pod: str) -> int:
     """The kernel's own count of TCP segments sent from a pod's network
-    namespace (Tcp OutSegs in its /proc/net/snmp; IPv4 and IPv6 together)."""
-    lines = [l.split() for l in lab.pods[pod].run(["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if l.startswith("Tcp:")]
-    header, values = lines[0], lines[1]
-    return int(values[header.index("OutSegs")])
+    namespace (Tcp OutSegs; IPv4 and IPv6 together)."""
+    return netns_mib(lab, pod)["TcpOutSegs"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -326,7 +358,7 @@ def test_segments_sent_equal_the_kernels_out_segments_once_per_segment_not_per_h
         kernel, counted, missed, after = both_counts()
     assert after.all("netprobe_program_missed_runs_total", **hook), "the kernel's skip count is exported"
     assert kernel - missed <= counted <= kernel
-    if attach_mode == "auto":        # raw tracepoints: never skipped for another program
+    if EXPECTED_ATTACH[attach_mode]["tcp_retransmit"] == "raw_tracepoint":   # never skipped for another program
         assert missed == 0 and counted == kernel
     assert counted >= data_segments + 2          # + SYN and the ACK of the echo
     # All of it to b: labelled with the destination as peer.
@@ -428,3 +460,28 @@ def test_sample_every_observes_about_one_rtt_sample_in_n(lab, agent, agent_facto
     assert 0.5 * full / every <= got <= 1.5 * full / every + 2, (full, got)
     total = delta(sampled_after, sampled_before, "netprobe_tcp_rtt_seconds_sum")
     assert 0 < total / got < 0.05
+
+
+def test_a_wrong_btf_offset_is_caught_by_the_counts(lab, agent, attach_mode, agent_factory, tmp_path):
+    """The counts check what the programs read, not only that they load: an
+    agent whose sk_buff network-header offset is shifted by 2 bytes (the
+    test-only NETPROBE_TEST_BTF_OFFSET_SKEW) loads and attaches rx_latency in
+    this mode all the same, and counts none of the packets the module's agent
+    counts for the pair. (Setting the variable for a whole run of this file
+    fails the exact-count tests the same way, on every kernel.)"""
+    n = 10
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    skewed = agent_factory({"rx_latency": ATTACH_MODES[attach_mode]["rx_latency"]}, pods,
+                           env={SKEW_ENV: "OFF_SKB_NETWORK_HEADER=+2"}).start()
+    port = 7095
+    lab.serve_tcp("b", port)
+    labels = pod_labels("b", "a")
+    before, skewed_before = agent.scrape(), skewed.scrape()
+    assert lab.connect_many("a", lab.pods["b"].ip4, port, n) == n
+    after, skewed_after = agent.scrape(), skewed.scrape()
+    assert [(x.labels["program"], x.labels["attach"]) for x in skewed_after.all("netprobe_program_info")] == \
+        [("rx_latency", EXPECTED_ATTACH[attach_mode]["rx_latency"])]
+    assert after.value("netprobe_rx_latency_seconds_count", **labels) - \
+        before.value("netprobe_rx_latency_seconds_count", **labels) >= n / 2
+    assert skewed_after.value("netprobe_rx_latency_seconds_count", **labels) - \
+        skewed_before.value("netprobe_rx_latency_seconds_count", **labels) == 0

@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 
-.PHONY: setup demo test test-agent test-cluster e2e bench controlplane cluster-up cluster-down lint clean
+.PHONY: setup demo test test-agent test-cluster e2e bench controlplane cluster-up cluster-down lint clean vm-test
 
 setup:
 	@bash hack/setup.sh
@@ -21,6 +21,11 @@ test-agent: setup
 
 e2e: setup controlplane
 	$(PYTEST) tests/e2e
+
+## The kernel-level tests again on a second kernel: Debian 12's 6.1 LTS (with
+## kprobes) in QEMU/TCG, image built from Debian packages and cached (hack/vm/).
+vm-test: setup
+	@bash hack/vm/run.sh
 
 bench: setup
 	$(PY) -m bench

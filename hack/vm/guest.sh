@@ -8,6 +8,7 @@ set -u
 export PATH=/opt/netprobe-venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root PYTHONPATH=/repo:/repo/hack PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 cd /repo
+set -a; . /out/env; set +a
 
 # What a node's agent finds mounted (the agent also mounts what it misses).
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug

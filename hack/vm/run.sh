@@ -11,6 +11,7 @@
 #                   tests/agent, see docs/agent.md "Kernels tested in CI")
 #   VM_MEMORY       guest memory (default 4G); VM_CPUS guest CPUs (default 2)
 #   VM_TIMEOUT      seconds before the VM is killed (default 2700)
+#   VM_TIME_SCALE   factor on the tests' waits inside the VM (default 10)
 #   VM_LOG_DIR      where the console log and results stay (default: a new /tmp dir)
 set -euo pipefail
 
@@ -42,8 +43,11 @@ out=$log_dir/out
 rm -f "$out"/*
 console=$log_dir/console.log
 # Default selection: every kernel-marked test of tests/agent (docs/agent.md).
-read -r -a args <<<"${VM_PYTEST_ARGS:--q -rfEs -m kernel --timeout 900 tests/agent}"
+read -r -a args <<<"${VM_PYTEST_ARGS:--v -rfEs -m kernel --timeout 900 tests/agent}"
 printf '%s\n' "${args[@]}" > "$out/pytest-args"
+# TCG runs the guest ~10-50x slower than the host: every test's waits stretch
+# by this factor (netprobe_testbed.netns.TIME_SCALE); the assertions do not.
+echo "NETPROBE_TEST_TIME_SCALE=${VM_TIME_SCALE:-10}" > "$out/env"
 
 say "booting Debian kernel $(cat "$image/kernel-release") under QEMU TCG (${VM_CPUS:-2} cpus, ${VM_MEMORY:-4G}); console: $console"
 set +e

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from netprobe_testbed.netns import Lab, wait_until
+from netprobe_testbed.netns import TIME_SCALE, Lab, wait_until
 
 from agent_harness import ALL_PROGRAMS, AgentProcess, expected_attach, need_root
 from node_agent.kernel.features import KernelFeatures
@@ -254,7 +254,7 @@ def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, attac
                for p in "ab"}
         return s, got, want, ndp
     after, got, want, ndp = counts()
-    deadline = time.monotonic() + 5      # the last ACK may arrive just after the client returns
+    deadline = time.monotonic() + 5 * TIME_SCALE     # the last ACK may arrive just after the client returns
     while any(got[p] < want[p] for p in "ab") and time.monotonic() < deadline:
         time.sleep(0.2)
         after, got, want, ndp = counts()

@@ -72,25 +72,9 @@ $pip download -q --disable-pip-version-check --only-binary=:all: -d "$work/wheel
 say "debootstrapping bookworm with ${PACKAGES[*]}"
 sources=$(printf 'deb %s %s main\n' "$MIRROR" bookworm "$MIRROR" bookworm-updates \
           "$SECURITY" bookworm-security)
-# Faster and smaller: no fsync in dpkg (eatmydata, the image is made whole or
-# not at all), no docs, man pages, locales or kernel modules for hardware a
-# QEMU guest never has; an initramfs with just the virtio disk and ext4.
-excludes=(/usr/share/doc/* /usr/share/man/* /usr/share/locale/* /usr/share/info/*
-          "/lib/modules/*/kernel/sound/*" "/lib/modules/*/kernel/drivers/gpu/*"
-          "/lib/modules/*/kernel/drivers/media/*" "/lib/modules/*/kernel/drivers/infiniband/*"
-          "/lib/modules/*/kernel/drivers/net/wireless/*" "/lib/modules/*/kernel/drivers/staging/*"
-          "/lib/modules/*/kernel/drivers/bluetooth/*" "/lib/modules/*/kernel/net/bluetooth/*"
-          "/lib/modules/*/kernel/drivers/usb/*" "/lib/modules/*/kernel/drivers/scsi/*"
-          "/lib/modules/*/kernel/drivers/iio/*" "/lib/modules/*/kernel/drivers/hid/*"
-          "/lib/modules/*/kernel/net/wireless/*" "/lib/modules/*/kernel/net/mac80211/*")
-dpkg_opts=()
-for e in "${excludes[@]}"; do dpkg_opts+=(--dpkgopt="path-exclude=$e"); done
-# (Multi-Arch: same packages must still find their changelog's directory.)
-dpkg_opts+=(--dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-include=/usr/share/doc/*/changelog.Debian.*')
 mmdebstrap --variant=minbase --mode=root --format=directory \
-  --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata "${dpkg_opts[@]}" \
   --include="$(IFS=,; echo "${PACKAGES[*]}")" \
-  --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo MODULES=list > "$1/etc/initramfs-tools/conf.d/netprobe" && mkdir -p "$1/usr/share/initramfs-tools/modules.d" && printf "virtio_pci\nvirtio_blk\next4\n" > "$1/usr/share/initramfs-tools/modules.d/netprobe-vm"' \
+  --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo MODULES=most > "$1/etc/initramfs-tools/conf.d/netprobe"' \
   --customize-hook="cp -r '$work/wheels' \"\$1/tmp/wheels\"" \
   --customize-hook='chroot "$1" python3 -m venv --system-site-packages /opt/netprobe-venv' \
   --customize-hook='chroot "$1" /opt/netprobe-venv/bin/pip install -q --no-index --find-links /tmp/wheels --upgrade pip' \

@@ -140,6 +140,21 @@ def test_doctor_reports_every_program_and_the_fallback():
         assert "kprobe: unavailable: kernel without kprobes" in out
 
 
+def test_doctor_says_no_program_loads_without_btf():
+    """Every program reads kernel struct members at offsets from BTF, in every
+    attach mode: without it the agent would fail each at its config stage."""
+    from node_agent.doctor import report
+    from node_agent.kernel.features import KernelFeatures
+    from node_agent.programs import CATALOGUE
+
+    class NoBTF(KernelFeatures):
+        btf = False
+    lines, ok = report(NoBTF())
+    assert not ok
+    assert "BTF (/sys/kernel/btf/vmlinux): no" in lines
+    assert sum("can load: no (" in l and "no BTF" in l for l in lines) == len(CATALOGUE), lines
+
+
 @pytest.mark.kernel
 def test_doctor_fails_when_nothing_can_load():
     need_root()

@@ -82,6 +82,25 @@ class KernelFeatures:
         except HeadersNotFound as e:
             return e
 
+    @cached_property
+    def resets_without_socket_traced(self) -> bool:
+        """tcp:tcp_send_reset also fires for the RSTs the kernel sends for no
+        socket (the answer to a refused connection) since Linux 6.10, whose
+        record carries a `state` field; on older kernels (Debian 12's 6.1) the
+        event has the socket-only record and fires only for a socket's RST."""
+        return self.tracepoint_field("tcp:tcp_send_reset", "state")
+
+    def tracepoint_field(self, name: str, field_name: str) -> bool:
+        if not self.tracepoint(name):
+            return False
+        try:
+            with open(os.path.join(self.events_dir, *name.split(":", 1), "format")) as f:
+                # "field:__u8 saddr[28];	offset:..." -> "saddr"
+                return any(line.split(";")[0].split()[-1].split("[")[0] == field_name
+                           for line in f if line.strip().startswith("field:"))
+        except OSError:
+            return False
+
     def tracepoint(self, name: str) -> bool:
         category, event = name.split(":", 1)
         return self.events_dir is not None and os.path.exists(os.path.join(self.events_dir, category, event, "id"))

@@ -85,10 +85,20 @@ class KernelFeatures:
     @cached_property
     def resets_without_socket_traced(self) -> bool:
         """tcp:tcp_send_reset also fires for the RSTs the kernel sends for no
-        socket (the answer to a refused connection) since Linux 6.10, whose
-        record carries a `state` field; on older kernels (Debian 12's 6.1) the
-        event has the socket-only record and fires only for a socket's RST."""
-        return self.tracepoint_field("tcp:tcp_send_reset", "state")
+        socket (the answer to a refused connection) since Linux 6.10, when the
+        event got a record of its own (addresses as sockaddrs, no `family`
+        field); before (Debian 12's 6.1) it shares the socket event class
+        (`family`, `saddr[4]`, `saddr_v6`) and fires only for a socket's RST."""
+        return self.tracepoint("tcp:tcp_send_reset") and not self.tracepoint_field("tcp:tcp_send_reset", "family")
+
+    def compile_defines(self) -> list[str]:
+        """-D names telling the programs which tracepoint record layouts this
+        kernel has (BCC builds the record structs from its formats, but code
+        reading a field that does not exist would not compile)."""
+        defines = []
+        if self.tracepoint("tcp:tcp_send_reset") and not self.resets_without_socket_traced:
+            defines.append("NP_SEND_RESET_SOCKET_RECORD")
+        return defines
 
     def tracepoint_field(self, name: str, field_name: str) -> bool:
         if not self.tracepoint(name):

@@ -134,7 +134,8 @@ class ProgramInstance:
         if isinstance(headers, HeadersNotFound):
             raise ProgramError(self.name, "config", str(headers))
         try:
-            flags = compile_flags(self.spec, self.options, strategy)
+            flags = compile_flags(self.spec, self.options, strategy) + \
+                [f"-D{d}" for d in self.features.compile_defines()]
             text = program_source(self.spec)
         except (BTFError, OSError, ValueError) as e:
             raise ProgramError(self.name, "config", str(e)) from e

@@ -3,7 +3,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST  := $(VENV)/bin/pytest
 
-.PHONY: setup generate demo test test-agent test-cluster e2e e2e-node bench controlplane image cluster-up cluster-down lint clean
+.PHONY: setup generate demo test test-agent test-cluster e2e e2e-node bench controlplane image cluster-up cluster-down lint clean vm-test
 
 setup:
 	@bash hack/setup.sh
@@ -29,6 +29,11 @@ e2e: setup controlplane
 ## The product as users install it: the image on a real node (containerd + kubelet).
 e2e-node: setup controlplane image
 	$(PYTEST) tests/e2e_node
+
+## The kernel-level tests again on a second kernel: Debian 12's 6.1 LTS (with
+## kprobes) in QEMU/TCG, image built from Debian packages and cached (hack/vm/).
+vm-test: setup
+	@bash hack/vm/run.sh
 
 bench: setup
 	$(PY) -m bench

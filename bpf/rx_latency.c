@@ -5,9 +5,12 @@
  * -DNP_ATTACH_RAW_TRACEPOINT or -DNP_ATTACH_TRACEPOINT); docs/agent.md says
  * exactly what each measures.
  *
- *  kprobe:     ip_rcv / ipv6_rcv  ->  ip_rcv_finish / ip6_rcv_finish
- *              IP header validation plus the netfilter PREROUTING hooks,
- *              the classic ip_rcv -> ip_rcv_finish measurement.
+ *  kprobe:     ip_rcv / ipv6_rcv  ->  ip_local_deliver / ip6_input
+ *              IP header validation, the netfilter PREROUTING hooks and the
+ *              routing decision, for packets delivered locally: the classic
+ *              ip_rcv -> ip_rcv_finish idea, ended at a function that is
+ *              always called, never inlined (through dst_input); ip_rcv_finish
+ *              itself is inlined into ip_rcv on Debian 12's 6.1 and never fires.
  *  raw_tracepoint, tracepoint:
  *              net:netif_receive_skb  ->  skb:skb_copy_datagram_iovec
  *              from the packet entering the stack on the device it was last
@@ -220,9 +223,9 @@ int np_ip_rcv(struct pt_regs *ctx)
     return 0;
 }
 
-int np_ip_rcv_finish(struct pt_regs *ctx)
+int np_ip_local_deliver(struct pt_regs *ctx)
 {
-    rx_end(PT_REGS_PARM3(ctx));                /* ip_rcv_finish(net, sk, skb) */
+    rx_end(PT_REGS_PARM1(ctx));                /* ip_local_deliver(skb), ip6_input(skb) */
     return 0;
 }
 

@@ -177,9 +177,24 @@ int np_tcp_send_reset(struct tracepoint__tcp__tcp_send_reset *args)
 {
     struct conn_key key = {};
     key.direction = DIR_SENT;
+#ifdef NP_SEND_RESET_SOCKET_RECORD
+    /* Before 6.10 the event shares the socket events' record (family,
+     * saddr[4], saddr_v6) and fires only for a socket's RST; the agent
+     * defines this when the running kernel's format says so. */
+    if (args->family == NP_AF_INET) {
+        np_addr_from_v4(key.pair.local, args->saddr);
+        np_addr_from_v4(key.pair.remote, args->daddr);
+    } else if (args->family == NP_AF_INET6) {
+        __builtin_memcpy(key.pair.local, args->saddr_v6, 16);
+        __builtin_memcpy(key.pair.remote, args->daddr_v6, 16);
+    } else {
+        return 0;
+    }
+#else
     if (!np_addr_from_sockaddr(key.pair.local, args->saddr) ||
         !np_addr_from_sockaddr(key.pair.remote, args->daddr))
         return 0;
+#endif
     count_reset(&key);
     return 0;
 }

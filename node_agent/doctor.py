@@ -61,7 +61,8 @@ def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
     any_loadable = False
     for spec in CATALOGUE.values():
         usable = [s for s in spec.strategies if not f.unmet(s)]
-        if usable and headers_ok and f.can_bpf():
+        no_btf = bool(spec.btf_offsets) and not f.btf    # its struct offsets come from BTF, in every mode
+        if usable and headers_ok and f.can_bpf() and not no_btf:
             any_loadable = True
             lines.append(f"  {spec.name}: can load: yes, via {usable[0].name}")
         else:
@@ -70,6 +71,8 @@ def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
                 why.append("no kernel headers")
             if not f.can_bpf():
                 why.append("missing capabilities")
+            if no_btf:
+                why.append("no BTF: kernel struct offsets are read from /sys/kernel/btf/vmlinux")
             if not usable:
                 why += [f"{s.name}: {'; '.join(f.unmet(s))}" for s in spec.strategies]
             lines.append(f"  {spec.name}: can load: no ({' / '.join(why)})")

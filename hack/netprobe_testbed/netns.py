@@ -366,6 +366,11 @@ class Lab:
         return path
 
 
+# Slow machines (the 6.1 kernel under QEMU's TCG, make vm-test) stretch every
+# wait by this factor; what is awaited stays the same.
+TIME_SCALE = float(os.environ.get("NETPROBE_TEST_TIME_SCALE", "1"))
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value; raise TimeoutError otherwise."""
-    return wait_for(what, predicate, timeout=timeout, interval=interval)
+    return wait_for(what, predicate, timeout=timeout * TIME_SCALE, interval=interval)

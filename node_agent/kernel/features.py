@@ -93,6 +93,35 @@ class KernelFeatures:
         except HeadersNotFound as e:
             return e
 
+    @cached_property
+    def resets_without_socket_traced(self) -> bool:
+        """tcp:tcp_send_reset also fires for the RSTs the kernel sends for no
+        socket (the answer to a refused connection) since Linux 6.10, when the
+        event got a record of its own (addresses as sockaddrs, no `family`
+        field); before (Debian 12's 6.1) it shares the socket event class
+        (`family`, `saddr[4]`, `saddr_v6`) and fires only for a socket's RST."""
+        return self.tracepoint("tcp:tcp_send_reset") and not self.tracepoint_field("tcp:tcp_send_reset", "family")
+
+    def compile_defines(self) -> list[str]:
+        """-D names telling the programs which tracepoint record layouts this
+        kernel has (BCC builds the record structs from its formats, but code
+        reading a field that does not exist would not compile)."""
+        defines = []
+        if self.tracepoint("tcp:tcp_send_reset") and not self.resets_without_socket_traced:
+            defines.append("NP_SEND_RESET_SOCKET_RECORD")
+        return defines
+
+    def tracepoint_field(self, name: str, field_name: str) -> bool:
+        if not self.tracepoint(name):
+            return False
+        try:
+            with open(os.path.join(self.events_dir, *name.split(":", 1), "format")) as f:
+                # "field:__u8 saddr[28];	offset:..." -> "saddr"
+                return any(line.split(";")[0].split()[-1].split("[")[0] == field_name
+                           for line in f if line.strip().startswith("field:"))
+        except OSError:
+            return False
+
     def tracepoint(self, name: str) -> bool:
         category, event = name.split(":", 1)
         return self.events_dir is not None and os.path.exists(os.path.join(self.events_dir, category, event, "id"))

@@ -1,6 +1,8 @@
 """rx_latency: time received packets spend in the kernel (bpf/rx_latency.c).
 
-Two spans (docs/agent.md): the classic kprobe ip_rcv -> ip_rcv_finish, and on
+Two spans (docs/agent.md): the classic kprobe on ip_rcv, ended where the
+packet is handed to local delivery (ip_local_deliver: ip_rcv_finish, the
+classic end, is inlined into ip_rcv on Debian 12's 6.1 and never fires), and on
 kernels without kprobes net:netif_receive_skb -> skb:skb_copy_datagram_iovec,
 hooked as raw tracepoints (no record built: cheaper) or, failing that, as
 tracepoints.
@@ -10,9 +12,9 @@ from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, Att
 
 KPROBE = Strategy("kprobe", (
     Attach("kprobe", "ip_rcv", "np_ip_rcv"),
-    Attach("kprobe", "ip_rcv_finish", "np_ip_rcv_finish"),
+    Attach("kprobe", "ip_local_deliver", "np_ip_local_deliver"),
     Attach("kprobe", "ipv6_rcv", "np_ip_rcv"),
-    Attach("kprobe", "ip6_rcv_finish", "np_ip_rcv_finish"),
+    Attach("kprobe", "ip6_input", "np_ip_local_deliver"),
 ), defines=("NP_ATTACH_KPROBE",))
 
 RAW_TRACEPOINT = Strategy("raw_tracepoint", (

@@ -24,6 +24,9 @@ from node_agent.runtime.spec import ProgramSpec, Strategy
 log = logging.getLogger(__name__)
 
 BPF_DIR = Path(os.environ.get("NETPROBE_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+# Test-only: "OFF_X=+8,OFF_Y=-4" shifts BTF offsets, so a test can prove that a
+# wrong offset changes the counts (tests/agent/test_programs.py). Never set it on a node.
+SKEW_ENV = "NETPROBE_TEST_BTF_OFFSET_SKEW"
 SHARED_HEADER = "netprobe.h"
 
 
@@ -76,8 +79,9 @@ def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[
     flags += [f"-D{d}" for d in strategy.defines]
     if spec.btf_offsets:
         btf = kernel_btf()
+        skew = _btf_offset_skew()
         for define, (struct, member) in spec.btf_offsets.items():
-            flags.append(f"-D{define}={btf.offsetof(struct, member)}")
+            flags.append(f"-D{define}={btf.offsetof(struct, member) + skew.get(define, 0)}")
     if spec.btf_enum_values:
         btf = kernel_btf()
         for define, (enum, member) in spec.btf_enum_values.items():
@@ -87,6 +91,18 @@ def compile_flags(spec: ProgramSpec, options: dict, strategy: Strategy) -> list[
     if spec.kernel_constants:
         flags += [f"-D{name}={value}" for name, value in spec.kernel_constants().items()]
     return flags
+
+
+def _btf_offset_skew() -> dict[str, int]:
+    text = os.environ.get(SKEW_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        skew = {name.strip(): int(delta) for name, delta in (item.split("=", 1) for item in text.split(","))}
+    except ValueError as e:
+        raise ValueError(f"{SKEW_ENV}={text!r}: expected NAME=+N,NAME=-N") from e
+    log.warning("BTF offsets skewed for a test", extra={"kv": {"skew": text}})
+    return skew
 
 
 class ProgramInstance:
@@ -129,7 +145,8 @@ class ProgramInstance:
         if isinstance(headers, HeadersNotFound):
             raise ProgramError(self.name, "config", str(headers))
         try:
-            flags = compile_flags(self.spec, self.options, strategy)
+            flags = compile_flags(self.spec, self.options, strategy) + \
+                [f"-D{d}" for d in self.features.compile_defines()]
             text = program_source(self.spec)
         except (BTFError, OSError, ValueError) as e:   # ValueError: a description whose constants clash
             raise ProgramError(self.name, "config", str(e)) from e

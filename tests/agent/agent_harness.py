@@ -44,12 +44,14 @@ class Scrape:
 
 
 class AgentProcess(testbed.AgentProcess):
-    """The agent on `programs` with a static resolver of `pods_file`, its files in `workdir`."""
+    """The agent on `programs` with a static resolver of `pods_file`, its files in
+    `workdir`; `env`: extra environment variables of the agent process."""
 
-    def __init__(self, workdir: Path, programs: dict, pods_file: Path, labels=testbed.ALL_LABELS, prefix=()):
+    def __init__(self, workdir: Path, programs: dict, pods_file: Path, labels=testbed.ALL_LABELS, prefix=(),
+                 env=None):
         self.port = free_port()
         super().__init__(workdir / "agent.yaml", workdir / "agent.log", f"127.0.0.1:{self.port}",
-                         prefix=prefix)
+                         prefix=prefix, env=dict(os.environ, **env) if env else None)
         self.pods_file, self.labels = pods_file, labels
         self.write_config(programs)
 
@@ -71,6 +73,22 @@ class AgentProcess(testbed.AgentProcess):
     def stop(self) -> int:
         code = super().stop(timeout=60)
         return 0 if code is None else code
+
+
+def expected_attach(programs: dict) -> dict[str, str]:
+    """The attach mode each program gets on this kernel with these options, by
+    the agent's own feature detection (node_agent/kernel/features.py): the
+    first candidate strategy the kernel offers. The same tests then hold on a
+    kernel with kprobes (rx_latency: kprobe) and one without (its fallback)."""
+    from node_agent.kernel.features import KernelFeatures
+    from node_agent.programs import CATALOGUE
+
+    features, attach = KernelFeatures(), {}
+    for name, options in programs.items():
+        spec = CATALOGUE[name]
+        candidates = spec.candidate_strategies({**spec.defaults(), **options})
+        attach[name] = next((s.name for s in candidates if not features.unmet(s)), candidates[-1].name)
+    return attach
 
 
 def bpf_objects_of(pid: int) -> dict[str, set[int]]:

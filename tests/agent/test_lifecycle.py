@@ -46,8 +46,8 @@ def assert_counts_connections(lab, agent, port: int, n: int = 10) -> None:
 
 
 def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, agent_factory):
-    if KernelFeatures().kprobes:
-        pytest.skip("this kernel has kprobes, so forcing rx_latency onto them would succeed")
+    if KernelFeatures().kprobes:   # (the fallback test above makes an attach fail on every kernel)
+        pytest.skip("this kernel has kprobes: a forced kprobe attaches, no config makes an attach fail here")
     agent = agent_factory({"tcp_connections": {}, "rx_latency": {"attach": "kprobe"}}, pods_file).start()
     s = agent.scrape()
     assert s.value("netprobe_program_up", program="rx_latency") == 0
@@ -61,24 +61,32 @@ def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, 
 
 
 def test_a_failed_strategy_falls_back_to_the_next(lab):
-    """Pretend the kernel has kprobes: the kprobe attach then really fails in
-    this kernel, and rx_latency must come up on its raw tracepoints anyway,
-    with the failed attempt counted."""
+    """A kprobe the features check is told exists (a kernel without kprobes,
+    or a function not in this one): the attach really fails, and rx_latency
+    must come up on its raw tracepoints anyway, with the failed attempt
+    counted. On a kernel with kprobes the real functions would attach, so
+    the kprobe strategy points at a function no kernel has."""
+    import dataclasses
+
     from node_agent.programs import CATALOGUE
     from node_agent.runtime.instance import ProgramInstance
+    from node_agent.runtime.spec import Attach, Strategy
 
     class KprobesClaimed(KernelFeatures):
         def unmet(self, strategy):
             return []
 
     spec = CATALOGUE["rx_latency"]
+    kprobe = spec.strategy("kprobe")
+    target = "ip_rcv" if not KernelFeatures().kprobes else "netprobe_no_such_function"
+    broken = Strategy("kprobe", (Attach("kprobe", target, "np_ip_rcv"),), defines=kprobe.defines)
+    spec = dataclasses.replace(spec, strategies=(broken, *spec.strategies[1:]))
     inst = ProgramInstance(spec, spec.defaults(), KprobesClaimed())
     try:
         inst.start()
         assert inst.attach == "raw_tracepoint"
-        if not KernelFeatures().kprobes:
-            assert [(f.stage, f.program) for f in inst.failures] == [("attach", "rx_latency")]
-            assert "kprobe ip_rcv" in inst.failures[0].message
+        assert [(f.stage, f.program) for f in inst.failures] == [("attach", "rx_latency")]
+        assert f"kprobe {target}" in inst.failures[0].message
     finally:
         inst.stop()
 

@@ -18,7 +18,25 @@ from pathlib import Path
 
 import yaml
 
+from netprobe_testbed.polling import wait_for
 from netprobe_testbed.processes import free_port, log_tail, stop_process
+
+# The ServiceAccount kube-prometheus-stack's Prometheus runs as; manifests/prometheus-rbac.yaml
+# grants it get on the agents' /metrics.
+PROMETHEUS_SA = ("monitoring", "kube-prometheus-stack-prometheus")
+POD_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def servicemonitor_tls(endpoint: dict, token: str, ca_pem: str, workdir: Path) -> dict:
+    """The scrape settings the Prometheus Operator makes of a ServiceMonitor endpoint's TLS
+    settings, with the files a kube-prometheus-stack Prometheus pod has: its ServiceAccount's
+    `token` (the endpoint names the pod's token file) and the CA of the endpoint's ConfigMap."""
+    assert endpoint["bearerTokenFile"] == POD_TOKEN_FILE, endpoint
+    token_file, ca_file = workdir / "prometheus-token", workdir / "prometheus-ca.crt"
+    token_file.write_text(token)
+    ca_file.write_text(ca_pem)
+    return {"scheme": "https", "bearer_token_file": str(token_file),
+            "tls_config": {"ca_file": str(ca_file), "server_name": endpoint["tlsConfig"]["serverName"]}}
 
 
 class PrometheusServer:
@@ -94,6 +112,19 @@ class PrometheusServer:
         if body.get("status") != "success":
             raise RuntimeError(f"prometheus {path} failed: {body}")
         return body["data"]
+
+    def wait_query(self, promql: str, ok=lambda r: bool(r), what: str = "", timeout: float = 60) -> list:
+        """The query's result once `ok` accepts it; TimeoutError with the last result."""
+        last = []
+
+        def probe():
+            nonlocal last
+            last = self.query(promql)
+            return last if ok(last) else False
+        try:
+            return wait_for(what or promql, probe, timeout=timeout, interval=1)
+        except TimeoutError:
+            raise TimeoutError(f"{what}: {promql} -> {last}") from None
 
     def query(self, promql: str) -> list[dict]:
         """Instant query; returns the result vector (list of {metric, value})."""

@@ -39,7 +39,7 @@ from netprobe_testbed.kube import mark_pod_running, register_node, wait_for
 from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab
 from netprobe_testbed.processes import free_port
-from netprobe_testbed.prometheus import PrometheusServer
+from netprobe_testbed.prometheus import PROMETHEUS_SA, PrometheusServer, servicemonitor_tls
 from netprobe_testbed.volumes import write_volume
 
 from netprobe_testbed import operator_harness as nc  # install, operator as its ServiceAccount
@@ -71,7 +71,6 @@ LOSSY_PAYLOAD, LOSSY_DROP_PERCENT = 1_000_000, 10
 # value shows no increase to rate(), exactly as in a real Prometheus.
 ROUNDS, ROUND_PAUSE = 4, 2.5
 # kube-prometheus-stack's Prometheus ServiceAccount, as manifests/prometheus-rbac.yaml names it.
-PROMETHEUS_SA = ("monitoring", "kube-prometheus-stack-prometheus")
 
 
 @dataclass(frozen=True)
@@ -305,35 +304,19 @@ class Stack:
         self.prom.start()
 
     def _prometheus_tls(self, endpoint: dict) -> dict:
-        """What the Prometheus Operator makes of the endpoint's TLS settings, with the files a
-        kube-prometheus-stack Prometheus pod would have: its ServiceAccount token, the CA."""
-        tls = endpoint["tlsConfig"]
-        assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        """The endpoint's TLS settings as a kube-prometheus-stack Prometheus pod has them."""
         namespace, name = PROMETHEUS_SA
         self.core.create_namespace({"metadata": {"name": namespace}})
         self.core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
         self.prometheus_token = self.cp.token_for(namespace, name)
-        token_file = self.workdir / "prometheus-token"
-        token_file.write_text(self.prometheus_token)
-        ca_ref = tls["ca"]["configMap"]
-        cm = self.core.read_namespaced_config_map(ca_ref["name"], NAMESPACE)
-        self.ca_file = self.workdir / "prometheus-ca.crt"
-        self.ca_file.write_text(cm.data[ca_ref["key"]])
-        self.server_name = tls["serverName"]
-        return {"scheme": "https", "bearer_token_file": str(token_file),
-                "tls_config": {"ca_file": str(self.ca_file), "server_name": self.server_name}}
+        ca_ref = endpoint["tlsConfig"]["ca"]["configMap"]
+        ca_pem = self.core.read_namespaced_config_map(ca_ref["name"], NAMESPACE).data[ca_ref["key"]]
+        scrape = servicemonitor_tls(endpoint, self.prometheus_token, ca_pem, self.workdir)
+        self.ca_file, self.server_name = Path(scrape["tls_config"]["ca_file"]), scrape["tls_config"]["server_name"]
+        return scrape
 
     def wait_query(self, promql: str, ok=lambda r: bool(r), what: str = "", timeout: float = 60) -> list:
-        last = []
-
-        def probe():
-            nonlocal last
-            last = self.prom.query(promql)
-            return last if ok(last) else False
-        try:
-            return wait_for(what or promql, probe, timeout=timeout, interval=1)
-        except TimeoutError:
-            raise TimeoutError(f"{what}: {promql} -> {last}") from None
+        return self.prom.wait_query(promql, ok, what, timeout)
 
     def dashboard_queries(self) -> list[tuple[str, str]]:
         """(panel title, PromQL) of every panel of the probe's dashboards, Grafana variables filled in."""

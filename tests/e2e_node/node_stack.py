@@ -29,7 +29,8 @@ import yaml
 from netprobe_testbed.cluster import REPO_ROOT
 from netprobe_testbed.kube import wait_for
 from netprobe_testbed.node import BUSYBOX_IMAGE
-from netprobe_testbed.prometheus import PrometheusServer, free_port
+from netprobe_testbed.processes import free_port
+from netprobe_testbed.prometheus import PROMETHEUS_SA, PrometheusServer, servicemonitor_tls
 
 NAMESPACE = "netprobe-system"
 PROBE = "e2e"
@@ -52,10 +53,6 @@ DROP_PERCENT = 20
 # Traffic spread over several scrape intervals: a series born with its final value
 # shows no increase to rate(), exactly as in a real Prometheus.
 ROUNDS, ROUND_PAUSE = 4, 2.5
-
-
-# The ServiceAccount kube-prometheus-stack runs Prometheus as (manifests/prometheus-rbac.yaml).
-PROMETHEUS_SA = ("monitoring", "kube-prometheus-stack-prometheus")
 
 
 @dataclass(frozen=True)
@@ -198,21 +195,13 @@ class NodeStack:
         self.prom.start()
 
     def prometheus_tls(self, endpoint: dict) -> dict:
-        """What the Prometheus Operator makes of the endpoint's TLS settings, with the files a
-        kube-prometheus-stack Prometheus pod has: its ServiceAccount's token (the account
-        manifests/prometheus-rbac.yaml grants get on /metrics) and the CA of the ConfigMap."""
-        assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        """The endpoint's TLS settings as a kube-prometheus-stack Prometheus pod has them."""
         namespace, name = PROMETHEUS_SA
         self.kubectl("create", "namespace", namespace)
         self.kubectl("-n", namespace, "create", "serviceaccount", name)
-        token_file = self.workdir / "prometheus-token"
-        token_file.write_text(self.cp.token_for(namespace, name))
-        tls = endpoint["tlsConfig"]
-        ca_ref = tls["ca"]["configMap"]
-        ca_file = self.workdir / "prometheus-ca.crt"
-        ca_file.write_text(self.get_json("-n", NAMESPACE, "get", "configmap", ca_ref["name"])["data"][ca_ref["key"]])
-        return {"scheme": "https", "bearer_token_file": str(token_file),
-                "tls_config": {"ca_file": str(ca_file), "server_name": tls["serverName"]}}
+        ca_ref = endpoint["tlsConfig"]["ca"]["configMap"]
+        ca_pem = self.get_json("-n", NAMESPACE, "get", "configmap", ca_ref["name"])["data"][ca_ref["key"]]
+        return servicemonitor_tls(endpoint, self.cp.token_for(namespace, name), ca_pem, self.workdir)
 
     def discover_endpoints(self, namespaces: list[str]) -> list[dict]:
         """Kubernetes service discovery (role endpoints) done here: Debian's Prometheus is
@@ -241,16 +230,7 @@ class NodeStack:
         return groups
 
     def wait_query(self, promql: str, ok=lambda r: bool(r), what: str = "", timeout: float = 90) -> list:
-        last = []
-
-        def probe():
-            nonlocal last
-            last = self.prom.query(promql)
-            return last if ok(last) else False
-        try:
-            return wait_for(what or promql, probe, timeout=timeout, interval=1)
-        except TimeoutError:
-            raise TimeoutError(f"{what}: {promql} -> {last}") from None
+        return self.prom.wait_query(promql, ok, what, timeout)
 
     # --- traffic ---------------------------------------------------------------
     def exec_in(self, name: str, script: str, timeout: float = 120) -> str:

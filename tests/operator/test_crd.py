@@ -90,7 +90,7 @@ def test_every_agent_option_is_a_program_field_under_one_naming_rule():
             prop = items["properties"][field]
             assert prop["type"] == {int: "integer", bool: "boolean", str: "string"}[option.type]
             assert spec.name in prop["description"] or prop["description"].startswith("Every implemented program")
-            assert f"Default: " in prop["description"]
+            assert "Default: " in prop["description"]
             if option.choices:
                 assert set(option.choices) <= set(prop["enum"])
             if option.min is not None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from netprobe_operator import agent_support
 from node_agent import config as agent_config
 from netprobe_operator.program_schema import crd_field
 from node_agent.kernel.features import DAEMONSET_CAPABILITIES

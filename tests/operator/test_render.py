@@ -121,7 +121,9 @@ def test_sys_resource_only_when_asked_for(render_probe, raise_memlock, added):
 def test_doctor_checks_the_capabilities_the_daemonset_grants():
     from netprobe_operator import render
     from node_agent import doctor
-    assert doctor.DAEMONSET_CAPABILITIES == render.AGENT_CAPABILITIES
+    assert render.agent_capabilities({"agent": {}}) == list(doctor.DAEMONSET_CAPABILITIES)
+    assert render.agent_capabilities({"agent": {"raiseMemlockLimit": True}}) == \
+        [*doctor.DAEMONSET_CAPABILITIES, "SYS_RESOURCE"]
 
 
 def test_daemonset_host_mounts_are_read_only(daemonset):

@@ -50,15 +50,15 @@
  */
 #include "netprobe.h"
 
-#if !defined(OFF_SKB_CB) || !defined(OFF_TCP_SKB_CB_GSO_SEGS) || \
-    !defined(OFF_TP_RETRANSMIT_DADDR_V6) || !defined(OFF_TP_RETRANSMIT_END)
-#error "the agent passes sk_buff, tcp_skb_cb and tracepoint record offsets from BTF"
+#if !defined(OFF_SKB_CB) || !defined(OFF_TCP_SKB_CB_GSO_SEGS)
+#error "the agent passes sk_buff and tcp_skb_cb offsets from BTF"
 #endif
 
-/* The record has an err member (newer kernels) if it goes on after daddr_v6:
- * __data, the record's end in BTF, tells without naming err, which would not
- * compile where the record lacks it. */
-#define NP_RETRANSMIT_HAS_ERR (OFF_TP_RETRANSMIT_END >= OFF_TP_RETRANSMIT_DADDR_V6 + 16 + 4)
+/* NP_RETRANSMIT_HAS_ERR: the running kernel's tcp_retransmit_skb record has an
+ * err member (its tracefs format says; node_agent/kernel/features.py). The
+ * record's BTF struct is named differently across versions (6.1:
+ * trace_event_raw_tcp_event_sk_skb, 6.18: trace_event_raw_tcp_retransmit_skb),
+ * and naming err where the record lacks it would not compile. */
 
 /* ERR_* (np_map_errors slots) come from node_agent/programs/tcp_retransmit.py as -D constants. */
 
@@ -87,7 +87,7 @@ int np_tcp_retransmit(struct tracepoint__tcp__tcp_retransmit_skb *args)
 {
     struct np_addr_pair key = {};
 
-#if NP_RETRANSMIT_HAS_ERR
+#ifdef NP_RETRANSMIT_HAS_ERR
     if (args->err)
         return 0;               /* not retransmitted, not in RetransSegs */
 #endif

@@ -109,6 +109,10 @@ class KernelFeatures:
         defines = []
         if self.tracepoint("tcp:tcp_send_reset") and not self.resets_without_socket_traced:
             defines.append("NP_SEND_RESET_SOCKET_RECORD")
+        # Newer kernels (6.18 here) give tcp_retransmit_skb an `err` and fire it for
+        # attempts that failed before anything was counted; 6.1 fires on success only.
+        if self.tracepoint_field("tcp:tcp_retransmit_skb", "err"):
+            defines.append("NP_RETRANSMIT_HAS_ERR")
         return defines
 
     def tracepoint_field(self, name: str, field_name: str) -> bool:

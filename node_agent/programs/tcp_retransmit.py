@@ -74,7 +74,5 @@ SPEC = ProgramSpec(
         # retransmits: tcp_skb_pcount(skb), and whether the record has err
         "OFF_SKB_CB": ("sk_buff", "cb"),
         "OFF_TCP_SKB_CB_GSO_SEGS": ("tcp_skb_cb", "tcp_gso_segs"),
-        "OFF_TP_RETRANSMIT_DADDR_V6": ("trace_event_raw_tcp_retransmit_skb", "daddr_v6"),
-        "OFF_TP_RETRANSMIT_END": ("trace_event_raw_tcp_retransmit_skb", "__data"),
     },
 )

@@ -554,8 +554,11 @@ def test_retransmits_equal_the_kernels_retransmitted_segments_under_gso_and_carr
         assert sent > 0, labels
         return (after.value("netprobe_tcp_retransmits_total", **labels) -
                 before.value("netprobe_tcp_retransmits_total", **labels)) / sent
-    # (a's segments to b only: at least a's whole ratio, which also counts what a sent elsewhere)
-    assert ratio(lossy) >= a["kernel_retrans"] / a["kernel_sent"] > 0
+    # (a's segments to b only: at least a's whole ratio, which also counts what a
+    # sent elsewhere; exactly comparable only when the kernel skipped no run)
+    assert ratio(lossy) > 0
+    if not any(missed.values()):
+        assert ratio(lossy) >= a["kernel_retrans"] / a["kernel_sent"]
     assert ratio(clean) == 0
 
 
@@ -681,7 +684,7 @@ def test_a_wrong_btf_offset_is_caught_by_the_counts(lab, agent, attach_mode, age
     pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
     skewed = agent_factory({"rx_latency": ATTACH_MODES[attach_mode]["rx_latency"]}, pods,
                            env={SKEW_ENV: "OFF_SKB_NETWORK_HEADER=+2"}).start()
-    port = 7095
+    port = 7097
     lab.serve_tcp("b", port)
     labels = pod_labels("b", "a")
     before, skewed_before = agent.scrape(), skewed.scrape()

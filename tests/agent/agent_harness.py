@@ -12,6 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from netprobe_testbed import agent as testbed
+from netprobe_testbed.netns import TIME_SCALE
 from netprobe_testbed.processes import free_port
 
 ALL_PROGRAMS = {name: {} for name in testbed.ALL_PROGRAMS}     # every program, default options
@@ -64,7 +65,7 @@ class AgentProcess(testbed.AgentProcess):
 
     def start(self, timeout: float = 120) -> "AgentProcess":
         super().start()
-        self.wait_ready(timeout)
+        self.wait_ready(timeout * TIME_SCALE)     # BCC's compiles under a VM's emulation take longer
         return self
 
     def scrape(self) -> Scrape:

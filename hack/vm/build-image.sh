@@ -25,7 +25,7 @@ die() { printf '[vm-image] error: %s\n' "$*" >&2; exit 1; }
 PACKAGES=(
   linux-image-amd64 linux-headers-amd64 initramfs-tools kmod
   python3 python3-venv python3-bpfcc bpftool
-  iproute2 nftables procps libcap2-bin util-linux
+  iproute2 nftables procps libcap2-bin util-linux ethtool
 )
 SUITES="bookworm bookworm-updates"
 MIRROR=${VM_MIRROR:-http://deb.debian.org/debian}

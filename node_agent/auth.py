@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from node_agent import kube_client
 from node_agent.logs import OnceLog
 
 log = logging.getLogger(__name__)
@@ -41,22 +41,7 @@ class Decision:
 
 def api_client(kubeconfig: str | None) -> Any:
     """In a pod: the ServiceAccount; elsewhere: `kubeconfig` or $KUBECONFIG."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            if kubeconfig is not None and not os.path.isfile(kubeconfig):
-                raise AuthConfigError(f"authorization: kubeconfig {kubeconfig!r} does not exist")
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration,
-                                    persist_config=False)
-    except ConfigException as exc:
-        where = kubeconfig or "in-cluster service account / $KUBECONFIG / ~/.kube/config"
-        raise AuthConfigError(f"authorization: cannot load credentials ({where}): {exc}") from None
-    return client.ApiClient(configuration)
+    return kube_client.api_client(kubeconfig, "authorization", AuthConfigError)
 
 
 class KubernetesAuthorizer:

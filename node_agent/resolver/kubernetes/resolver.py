@@ -3,11 +3,11 @@ and, with peers="cluster", a watch of every pod (peers)."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import threading
 import time
 from typing import Any
 
+from node_agent import kube_client
 from node_agent.resolver.base import IPAddress, PodRef, Resolver, SourceHealth, normalize_ip
 
 from .api import KubeApi
@@ -23,22 +23,7 @@ class ResolverConfigError(ValueError):
 
 
 def _api_client_from_config(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
-
-    configuration = client.Configuration()
-    try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            if kubeconfig is not None and not os.path.isfile(kubeconfig):
-                raise ResolverConfigError(f"kubernetes resolver: kubeconfig {kubeconfig!r} does not exist")
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration,
-                                    persist_config=False)
-    except ConfigException as exc:
-        where = kubeconfig or "in-cluster service account / $KUBECONFIG / ~/.kube/config"
-        raise ResolverConfigError(f"kubernetes resolver: cannot load credentials ({where}): {exc}") from exc
-    return client.ApiClient(configuration)
+    return kube_client.api_client(kubeconfig, "kubernetes resolver", ResolverConfigError)
 
 
 class KubernetesResolver(Resolver):

@@ -83,6 +83,21 @@ print(ok)
 """
 
 
+# Connections to a port nothing listens on; prints how many were refused (a
+# reset sent by the peer's kernel for no socket).
+_CONNECT_REFUSED = r"""
+import socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+refused = 0
+for _ in range(count):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        refused += 1
+print(refused)
+"""
+
+
 # Requests in a loop until killed: `batch` requests (as above), then `pause`
 # seconds, forever. With refused_every = n > 0, every n-th request goes to
 # `closed_port` instead (a refused connection: a reset). One long-lived process
@@ -306,6 +321,12 @@ class Lab:
         """`count` sequential connections from `src`; returns how many completed."""
         res = self.pods[src].run([sys.executable, "-c", _CONNECT_MANY, dst_ip, port, count,
                                   len(payload), timeout], timeout=count * timeout + 30)
+        return int(res.stdout.strip() or 0)
+
+    def connect_refused(self, src: str, dst_ip: str, port: int, count: int) -> int:
+        """`count` connections from `src` to a closed port; returns how many were refused."""
+        res = self.pods[src].run([sys.executable, "-c", _CONNECT_REFUSED, dst_ip, port, count],
+                                 timeout=count * 5 + 30)
         return int(res.stdout.strip() or 0)
 
     def start_requests(self, src: str, dst_ip: str, port: int, size: int = 64, batch: int = 1,

@@ -45,18 +45,6 @@ def kernel_name(member: str) -> str:
     raise AssertionError("no kfree_skb tracepoint format")
 
 
-_CONNECT_REFUSED = r"""
-import socket, sys
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-refused = 0
-for _ in range(count):
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-    except ConnectionRefusedError:
-        refused += 1
-print(refused)
-"""
-
 # Datagrams to host:port; prints how many sendto accepted (a local drop
 # rule makes sendto fail with EPERM: those are counted as refused).
 _SEND_UDP = r"""
@@ -175,7 +163,7 @@ def test_syns_and_datagrams_to_closed_ports_are_no_socket_drops_of_the_receiver(
     labels = pod_labels("b", "a", reason=reason, direction="ingress")
     kernel_before, before = nstat(lab, "b"), agent.scrape()
 
-    refused = int(lab.pods["a"].run([sys.executable, "-c", _CONNECT_REFUSED, ip(lab, "b", family), 7101, syns]).stdout)
+    refused = lab.connect_refused("a", ip(lab, "b", family), 7101, syns)
     sent, _ = map(int, lab.pods["a"].run([sys.executable, "-c", _SEND_UDP, ip(lab, "b", family), 7102,
                                           datagrams, 100]).stdout.split())
     assert (refused, sent) == (syns, datagrams)

@@ -29,18 +29,6 @@ NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api"), "c"
          "d": ("batch", "load-3", "load")}
 FAMILIES = ["ip4", "ip6"]
 
-_CONNECT_REFUSED = r"""
-import socket, sys
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-refused = 0
-for _ in range(count):
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-    except ConnectionRefusedError:
-        refused += 1
-print(refused)
-"""
-
 
 # Sends UDP payloads to port 53: argv = host, then hex payloads; "sleep:S" pauses.
 _SEND_DNS = r"""
@@ -216,8 +204,7 @@ def test_refused_connections_count_resets_on_both_sides(lab, agent, family):
     port = 7020 + FAMILIES.index(family)      # nothing listens there
     sent, received = dict(pod_labels("b", "a"), direction="sent"), dict(pod_labels("a", "b"), direction="received")
     before = agent.scrape()
-    out = lab.pods["a"].run([sys.executable, "-c", _CONNECT_REFUSED, ip(lab, "b", family), port, m])
-    assert int(out.stdout) == m
+    assert lab.connect_refused("a", ip(lab, "b", family), port, m) == m
     # Kernels before 6.10 do not fire tcp_send_reset for a RST sent for no socket.
     after = assert_resets_counted(agent, before, sent, received, m,
                                   m_sent=m if KernelFeatures().resets_without_socket_traced else 0)
@@ -598,7 +585,7 @@ def test_every_declared_metric_is_scraped_with_its_type_and_labels(lab, agent):
         lab.connect_many("a", lab.pods["b"].ip4, port, 20, payload=b"D" * 1000, timeout=30)
     finally:
         lab.clear_drops("b")
-    lab.pods["c"].run([sys.executable, "-c", _CONNECT_REFUSED, lab.pods["b"].ip4, port + 1, 2])
+    lab.connect_refused("c", lab.pods["b"].ip4, port + 1, 2)
     _dns_traffic(lab, "a", "b")
     declared = {m.name: (m.kind, (tuple(LABELS) if m.pods else ()) + m.extra_labels)
                 for spec in CATALOGUE.values() for m in spec.metrics}

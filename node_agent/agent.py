@@ -23,6 +23,7 @@ from node_agent.kernel.mounts import ensure_pseudo_filesystems
 from node_agent.logs import setup_logging
 from node_agent.metrics.collector import AgentCollector, AgentState
 from node_agent.metrics.exposition import ExpositionCache
+from node_agent.pod_status import PodReporter, write_termination_message
 from node_agent.resolver.factory import make_resolver
 from node_agent.runtime.manager import ProgramManager
 from node_agent.runtime.memory import release_compiler_memory
@@ -56,6 +57,7 @@ class Agent:
         self.exposition = ExpositionCache()
         self.resolver = None
         self.server = None
+        self.reporter = PodReporter()   # the pod's ProgramsLoaded condition (in a pod only)
         self.stopping = threading.Event()
         self._started = False
 
@@ -89,10 +91,14 @@ class Agent:
         self.state.configured = dict(self.config.programs)
         self.manager.apply(self.config.configured())
         release_compiler_memory()
+        self._report_programs()
         self._started = True
         loaded = {i.name: i.attach for i in self.manager.running()}
         log.info("agent ready", extra={"kv": {"programs": ",".join(f"{n}:{a}" for n, a in loaded.items()) or "none",
                                               "failed": ",".join(self.manager.failed()) or "none"}})
+
+    def _report_programs(self) -> None:
+        self.reporter.report(self.manager.failed(), [i.name for i in self.manager.running()])
 
     def _start_resolver(self, config: AgentConfig):
         try:
@@ -141,6 +147,7 @@ class Agent:
         """Poll the config file until stopped."""
         digest = _file_digest(self.config_path)
         while not self.stopping.wait(self.poll_seconds):
+            self.reporter.flush()   # a report the API server missed (it was down) goes again
             current = _file_digest(self.config_path)
             if current is None or current == digest:
                 continue
@@ -185,6 +192,7 @@ class Agent:
         self.state.configured = dict(new.programs)
         self.manager.apply(new.configured())
         release_compiler_memory()
+        self._report_programs()
         self.config = new
         self.state.config_reloads += 1
         log.info("config applied", extra={"kv": {"file": self.config_path,
@@ -223,6 +231,7 @@ def run(config_path: str) -> int:
     except StartupError as e:
         log.error("cannot start", extra={"kv": {"error": str(e)}})
         print(f"netprobe-agent: {e}", file=sys.stderr)
+        write_termination_message(str(e))
         agent.stop()
         return 1
     try:

@@ -162,4 +162,7 @@ def find_kernel_headers(release: str | None = None, set_env: bool = True) -> Ker
         return KernelHeaders(source, str(path), version,
                              _version_tuple(version)[:3] == _version_tuple(release)[:3])
 
-    raise HeadersNotFound(f"no kernel headers found for {release}: {FIX_HINT}")
+    raise HeadersNotFound(
+        f"no kernel headers found for {release} (looked in {build}, {USR_SRC}/linux-headers-* and "
+        f"the image's fallback {IMAGE_HEADERS}/linux-headers-*): {FIX_HINT}, or run the netprobe image "
+        f"built by `make image`, which carries a fallback header tree")

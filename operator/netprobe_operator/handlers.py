@@ -8,6 +8,7 @@ Loaded by `kopf run -m netprobe_operator.handlers` (see main.py). Watches:
   PrometheusRules (by label, in
   the operator's namespace)
   the monitoring.coreos.com CRDs  installed or removed -> reconcile every probe
+  the agent pods (by label)       what they report -> the probe's Degraded condition
 No timers and no delete handler, so the operator adds no finalizer: deleting a
 probe never waits for the operator; garbage collection removes its objects.
 Certificate renewal runs in a thread of its own (_renewals).
@@ -140,6 +141,21 @@ def secret_event(type: str, body: kopf.Body, labels: kopf.Labels,
 def service_event(type: str, body: kopf.Body, labels: kopf.Labels,
                   probes: kopf.Index, **_: Any) -> None:
     _child_event("Service", type, body, labels, probes)
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED)
+def agent_pod_event(type: str, labels: kopf.Labels, probes: kopf.Index, **_: Any) -> None:
+    """An agent that cannot start (its termination message) or whose programs failed
+    to load (its netprobe.io/ProgramsLoaded condition) shows in Degraded."""
+    if type not in ("ADDED", "MODIFIED", "DELETED"):
+        return
+    probe = _one(probes, labels.get(s.LABEL_PROBE))
+    if probe is None:
+        return
+    try:
+        reconciler().agent_pod_changed(probe, _all(probes))
+    except kube_mod.ApiError as err:
+        raise kopf.TemporaryError(str(err), delay=RETRY_DELAY_SECONDS) from err
 
 
 # ServiceMonitors and PrometheusRules are watched when their CRDs exist as the

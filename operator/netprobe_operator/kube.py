@@ -50,6 +50,7 @@ RESOURCES: dict[str, Resource] = {
     "PrometheusRule": Resource("monitoring.coreos.com", "v1", "prometheusrules"),
     "NetworkProbe": Resource(s.API_GROUP, s.API_VERSION, s.PROBE_PLURAL, namespaced=False),
     "Node": Resource("", "v1", "nodes", namespaced=False),
+    "Pod": Resource("", "v1", "pods"),   # read only: the agent pods' state for the status
 }
 
 

@@ -78,6 +78,9 @@ class Reconciler:
         # re-apply from it, so a drifted child returns to what was accepted, never
         # to a render of a spec that was rejected.
         self._applied: dict[str, tuple[str, int, render.RenderedSet]] = {}
+        # The last reconcile's outcome per probe: an agent pod event rewrites Degraded
+        # from it and what the pods report now.
+        self._outcomes: dict[str, status.Outcome] = {}
 
     def _lock(self, name: str) -> threading.RLock:
         with self._locks_guard:
@@ -105,11 +108,35 @@ class Reconciler:
             if probe is None:
                 return None
             outcome = self._reconcile(probe, list(others))
+            self._outcomes[probe.name] = outcome
             new_status = status.after_reconcile(
                 probe.status, probe.generation,
-                [p["name"] for p in probe.spec["programs"]], outcome)
+                [p["name"] for p in probe.spec["programs"]], outcome, self._agent_issues(probe))
             self.kube.patch_probe_status(probe.name, new_status)
             return outcome
+
+    def _agent_issues(self, probe: ProbeSnapshot) -> list[validation.Problem]:
+        """What the probe's agent pods report (status.agent_issues)."""
+        selector = f"{s.LABEL_PROBE}={probe.name},{s.LABEL_MANAGED_BY}={s.MANAGED_BY}"
+        try:
+            pods = self.kube.list("Pod", self.config.namespace, selector)
+        except kube_mod.ApiError as err:   # e.g. an operator Role without pods: say so, apply anyway
+            return [validation.Problem("AgentPodsUnreadable", f"cannot read the agent pods: {err}")]
+        return status.agent_issues(pods)
+
+    def agent_pod_changed(self, probe: ProbeSnapshot, others: Iterable[ProbeSnapshot]) -> None:
+        """An agent pod's state moved: rewrite Degraded from what the pods report."""
+        with self._lock(probe.name):
+            probe = self._live(probe)
+            if probe is None:
+                return
+            outcome = self._outcomes.get(probe.name)
+            if outcome is None:   # not reconciled by this process yet
+                self.reconcile(probe, others)
+                return
+            new = status.after_agent_pods(probe.status, outcome, self._agent_issues(probe))
+            if status.differs(probe.status, new):
+                self.kube.patch_probe_status(probe.name, new)
 
     def _reconcile(self, probe: ProbeSnapshot, others: list[ProbeSnapshot]) -> status.Outcome:
         daemonset_name = render.Names.for_probe(probe.name).daemonset

@@ -3,7 +3,9 @@
 Conditions (metav1.Condition shape):
   Ready                 the agent runs and is ready on every node it should run on
   Degraded              something asked for could not be done (rejected spec, port
-                        conflict, no matching node, API errors); the message says what
+                        conflict, no matching node, API errors), or an agent pod
+                        reports that it cannot start or that programs failed to
+                        load (agent_issues); the message says what
   MonitoringConfigured  ServiceMonitor/PrometheusRule created, disabled, or skipped
                         because the monitoring.coreos.com CRDs are absent
 
@@ -72,13 +74,68 @@ def ready_condition(agents: AgentCounts | None) -> tuple[str, str, str]:
     return ("True", "AgentsReady", f"all {agents.desired} agent pods are ready")
 
 
-def degraded_condition(outcome: Outcome) -> tuple[str, str, str]:
-    issues = outcome.problems + outcome.warnings
+# The agent's own pod condition (node_agent/pod_status.py): False lists the programs
+# that failed to load while the agent keeps running the others.
+AGENT_CONDITION = "netprobe.io/ProgramsLoaded"
+AGENT_CONTAINER = "agent"
+# Waiting reasons of a container that will not run without someone acting.
+_STUCK_WAITING = ("CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull",
+                  "CreateContainerConfigError", "CreateContainerError", "InvalidImageName",
+                  "RunContainerError")
+NODES_NAMED = 3   # per distinct problem; the rest are counted
+
+
+def _pod_issue(pod: Mapping) -> Problem | None:
+    """What one agent pod reports, if anything is wrong with it."""
+    st = pod.get("status") or {}
+    cs = next((c for c in st.get("containerStatuses") or [] if c.get("name") == AGENT_CONTAINER), None)
+    if cs is not None and not cs.get("ready"):
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        # The last run's end: the agent writes why it could not start as its
+        # termination message (the kubelet copies it here).
+        ended = state.get("terminated") or ((cs.get("lastState") or {}).get("terminated") if waiting else None)
+        if ended and ended.get("exitCode", 0) != 0:
+            why = (ended.get("message") or "").strip() or \
+                f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'no message'})"
+            return Problem("AgentCannotStart", f"the agent cannot start: {why}")
+        if waiting.get("reason") in _STUCK_WAITING:
+            return Problem("AgentCannotStart",
+                           f"the agent container is {waiting['reason']}: {waiting.get('message') or ''}".rstrip(": "))
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == AGENT_CONDITION and cond.get("status") == "False":
+            return Problem(cond.get("reason") or "ProgramsFailed", cond.get("message") or "programs failed to load")
+    return None
+
+
+def agent_issues(pods: Sequence[Mapping]) -> list[Problem]:
+    """The probe's agent pods' problems, one per distinct problem, naming the nodes."""
+    nodes: dict[Problem, list[str]] = {}
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue   # going away (a rollout): its successor reports
+        issue = _pod_issue(pod)
+        if issue is not None:
+            nodes.setdefault(issue, []).append((pod.get("spec") or {}).get("nodeName") or "(unscheduled)")
+    out = []
+    for issue, names in sorted(nodes.items(), key=lambda item: (item[0].reason, item[0].message)):
+        names = sorted(names)
+        where = ", ".join(names[:NODES_NAMED]) + (f" and {len(names) - NODES_NAMED} more" if len(names) > NODES_NAMED
+                                                  else "")
+        out.append(Problem(issue.reason, f"agent on node{'s' if len(names) > 1 else ''} {where}: {issue.message}"))
+    return out
+
+
+def degraded_condition(outcome: Outcome | None, agents: Sequence[Problem] = ()) -> tuple[str, str, str]:
+    problems = list(outcome.problems) if outcome else []
+    issues = problems + (list(outcome.warnings) if outcome else [])
+    message = "; ".join(p.message for p in issues)
+    if problems:
+        message += " (nothing was changed for this generation)"
+    message = "; ".join(m for m in [message] + [p.message for p in agents] if m)
+    issues += list(agents)
     if not issues:
         return ("False", "AsExpected", "")
-    message = "; ".join(p.message for p in issues)
-    if outcome.problems:
-        message += " (nothing was changed for this generation)"
     return ("True", issues[0].reason, message)
 
 
@@ -104,7 +161,7 @@ def _agent_fields(agents: AgentCounts | None) -> dict:
 
 
 def after_reconcile(current: Mapping | None, generation: int, programs: Sequence[str],
-                    outcome: Outcome) -> dict:
+                    outcome: Outcome, agent_problems: Sequence[Problem] = ()) -> dict:
     current = current or {}
     agents = AgentCounts.from_daemonset(outcome.daemonset)
     status = {
@@ -115,7 +172,7 @@ def after_reconcile(current: Mapping | None, generation: int, programs: Sequence
     }
     status["conditions"] = _conditions(current.get("conditions") or [], {
         "Ready": ready_condition(agents),
-        "Degraded": degraded_condition(outcome),
+        "Degraded": degraded_condition(outcome, agent_problems),
         "MonitoringConfigured": outcome.monitoring,
     }, generation)
     return status
@@ -131,6 +188,15 @@ def after_agent_change(current: Mapping | None, daemonset: Mapping | None) -> di
     merged = _conditions(previous_ready, {"Ready": ready_condition(agents)}, generation)
     return {**_agent_fields(agents),
             "conditions": _conditions(merged + kept, {}, generation)}
+
+
+def after_agent_pods(current: Mapping | None, outcome: Outcome | None, agents: Sequence[Problem]) -> dict:
+    """Only Degraded changes when what the agent pods report moves; `outcome` is the
+    last reconcile's (its problems and warnings stay in the message)."""
+    current = current or {}
+    generation = int(current.get("observedGeneration", 0))
+    return {"conditions": _conditions(current.get("conditions") or [],
+                                      {"Degraded": degraded_condition(outcome, agents)}, generation)}
 
 
 def differs(current: Mapping | None, new: Mapping) -> bool:

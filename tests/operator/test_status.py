@@ -65,3 +65,58 @@ def test_agent_change_touches_only_ready_and_counts():
     assert by_type["MonitoringConfigured"]["reason"] == "MonitoringCRDsMissing"
     assert by_type["Degraded"]["status"] == "False"
     assert status.differs(before, after) and not status.differs({**before, **after}, after)
+
+
+def agent_pod(node, ready=True, state=None, last=None, conditions=(), deleting=False):
+    cs = {"name": "agent", "ready": ready, "state": state or {"running": {}}}
+    if last:
+        cs["lastState"] = last
+    meta = {"name": f"agent-{node}", **({"deletionTimestamp": "2026-01-01T00:00:00Z"} if deleting else {})}
+    return {"metadata": meta, "spec": {"nodeName": node},
+            "status": {"containerStatuses": [cs], "conditions": list(conditions)}}
+
+
+NO_HEADERS = "no kernel headers found for 6.18.0: install the headers of the running kernel"
+
+
+def test_agent_issues_from_termination_messages_and_the_programs_condition():
+    crash = dict(ready=False, state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+                 last={"terminated": {"exitCode": 1, "reason": "Error", "message": NO_HEADERS}})
+    failed = {"type": status.AGENT_CONDITION, "status": "False", "reason": "ProgramsFailed",
+              "message": "rx_latency failed to load (attach): kernel without kprobes; still running: tcp_rtt"}
+    pods = [agent_pod("n3", **crash), agent_pod("n1", **crash), agent_pod("n2", conditions=[failed]),
+            agent_pod("n4"),                                                        # healthy
+            agent_pod("n5", conditions=[{**failed, "status": "True", "reason": "AllLoaded"}]),
+            agent_pod("n6", deleting=True, **crash)]                                # going away
+    issues = status.agent_issues(pods)
+    assert [i.reason for i in issues] == ["AgentCannotStart", "ProgramsFailed"]
+    assert issues[0].message == f"agent on nodes n1, n3: the agent cannot start: {NO_HEADERS}"
+    assert issues[1].message == f"agent on node n2: {failed['message']}"
+    # a crash without a message, an image that cannot be pulled, many nodes
+    bare = dict(ready=False, state={"terminated": {"exitCode": 137, "reason": "OOMKilled"}})
+    pull = dict(ready=False, state={"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}})
+    issues = status.agent_issues([agent_pod("a", **bare)] + [agent_pod(f"p{i}", **pull) for i in range(5)])
+    assert [i.message for i in issues] == [
+        "agent on node a: the agent cannot start: exit code 137 (OOMKilled)",
+        "agent on nodes p0, p1, p2 and 2 more: the agent container is ErrImageNeverPull: image not present"]
+    # a container still starting (running, not ready yet) is no problem
+    assert status.agent_issues([agent_pod("s", ready=False)]) == []
+
+
+def test_degraded_joins_spec_problems_and_agent_issues():
+    agents = [Problem("ProgramsFailed", "agent on node n2: rx_latency failed to load")]
+    assert status.degraded_condition(Outcome(applied=True), agents) == (
+        "True", "ProgramsFailed", "agent on node n2: rx_latency failed to load")
+    rejected = Outcome(applied=False, problems=[Problem("PortConflict", "port taken")])
+    st, reason, message = status.degraded_condition(rejected, agents)
+    assert (st, reason) == ("True", "PortConflict")
+    assert message == "port taken (nothing was changed for this generation); agent on node n2: rx_latency failed to load"
+    assert status.degraded_condition(Outcome(applied=True), []) == ("False", "AsExpected", "")
+    # a pod event changes only Degraded, and back when the agent recovers
+    current = status.after_reconcile({}, 2, ["tcp_rtt"], Outcome(applied=True, daemonset=daemonset(1, 1)))
+    new = status.after_agent_pods(current, Outcome(applied=True), agents)
+    assert [c["type"] for c in new["conditions"]] == ["Ready", "Degraded", "MonitoringConfigured"]
+    by_type = {c["type"]: c for c in new["conditions"]}
+    assert by_type["Degraded"]["status"] == "True" and by_type["Ready"]["status"] == "True"
+    back = status.after_agent_pods({**current, **new}, Outcome(applied=True), [])
+    assert {c["type"]: c["status"] for c in back["conditions"]}["Degraded"] == "False"

@@ -21,7 +21,6 @@ nothing is reported.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import threading
@@ -108,18 +107,16 @@ class PodReporter:
     def _patch(self, wanted: tuple[str, str, str]) -> None:
         if self._client is None:
             if self._factory is None:
+                from kubernetes import client
+
                 from node_agent.kube_client import api_client
-                self._client = api_client(None, "pod status", RuntimeError)
+                self._client = client.CoreV1Api(api_client(None, "pod status", RuntimeError))
             else:
                 self._client = self._factory()
         status, reason, message = wanted
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # A dict body is sent as a strategic merge patch: conditions merge by type, so
+        # the kubelet's stay as they are.
         body = {"status": {"conditions": [{"type": CONDITION, "status": status, "reason": reason,
                                            "message": message, "lastTransitionTime": now}]}}
-        # Strategic merge: conditions merge by type, the kubelet's stay as they are.
-        self._client.call_api(
-            f"/api/v1/namespaces/{self.namespace}/pods/{self.pod}/status", "PATCH",
-            header_params={"Content-Type": "application/strategic-merge-patch+json",
-                           "Accept": "application/json"},
-            body=json.loads(json.dumps(body)), auth_settings=["BearerToken"],
-            _preload_content=False, _request_timeout=10)
+        self._client.patch_namespaced_pod_status(self.pod, self.namespace, body, _request_timeout=10)

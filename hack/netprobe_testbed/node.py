@@ -13,6 +13,13 @@ Images come from archives imported with `ctr`, never a
 registry: a busybox image (Debian's busybox-static) serves as pause image and
 for workload pods.
 
+containerd (and so runc and every container it starts) runs in a mount
+namespace of its own: the work directory is a shared mount in both, so the
+kubelet's volume mounts and containerd's root filesystems are seen by both,
+while `without_kernel_headers()` can lay empty directories over /usr/src and
+/lib/modules for containers created meanwhile: a node without headers, as the
+pods' hostPath volumes see it, without touching the host's files.
+
 What it changes on the host, and restores or removes on stop (also after a
 failed start): the sysctls the kubelet and the bridge plugin set, the kubelet's
 cgroups (under a cgroup root of its own), the bridge, the nftables table, the
@@ -25,6 +32,7 @@ directory, and the processes (containerd's shims included).
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import io
 import json
@@ -110,6 +118,53 @@ def busybox_image(out: Path, ref: str = BUSYBOX_IMAGE) -> Path:
                       ref, out, created_by="netprobe_testbed.node.busybox_image")
     finally:
         layer.unlink()
+    return out
+
+
+def image_without(archive: Path, paths: list[str], ref: str, out: Path) -> Path:
+    """`archive`'s image with `paths` removed, as a second layer of whiteouts.
+
+    The archive written holds the new layer, config and manifest only: the base
+    layer is already in the content store of the containerd that imported
+    `archive`, so `ctr images import` of this one reuses it."""
+    import gzip
+    import hashlib
+    with tarfile.open(archive) as tar:
+        def blob(digest: str) -> bytes:
+            return tar.extractfile(f"blobs/sha256/{digest.split(':', 1)[1]}").read()
+        index = json.loads(tar.extractfile("index.json").read())
+        (entry,) = index["manifests"]
+        manifest = json.loads(blob(entry["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as whiteouts:
+        for path in paths:
+            parent, name = os.path.split(path.strip("/"))
+            info = tarfile.TarInfo(os.path.join(parent, f".wh.{name}"))
+            info.mode = 0o644
+            whiteouts.addfile(info, io.BytesIO(b""))
+    raw = layer.getvalue()
+    compressed = gzip.compress(raw, mtime=0)
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+    config["rootfs"]["diff_ids"].append(digest(raw))
+    config["history"].append({"created": config.get("created", ""), "created_by": f"remove {' '.join(paths)}"})
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    manifest["config"] = {**manifest["config"], "digest": digest(config_bytes), "size": len(config_bytes)}
+    manifest["layers"].append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                               "digest": digest(compressed), "size": len(compressed)})
+    manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
+    index["manifests"] = [{**entry, "digest": digest(manifest_bytes), "size": len(manifest_bytes),
+                           "annotations": {"io.containerd.image.name": ref,
+                                           "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1]}}]
+    with tarfile.open(out, "w") as tar:
+        for name, data in (("oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode()),
+                           ("index.json", json.dumps(index).encode()),
+                           *((f"blobs/sha256/{digest(d)[7:]}", d) for d in (compressed, config_bytes, manifest_bytes))):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
     return out
 
 
@@ -347,7 +402,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     conf_dir = "{self.workdir / 'cni' / 'net.d'}"
 """
         (c / "config.toml").write_text(config)
-        self.containerd = _Proc("containerd", [shutil.which("containerd"), "--config", str(c / "config.toml")],
+        # The work directory shared between the host's mount namespace and containerd's.
+        subprocess.run(["mount", "--bind", str(self.workdir), str(self.workdir)], check=True)
+        self._made.append("workdir-mount")
+        subprocess.run(["mount", "--make-shared", str(self.workdir)], check=True)
+        self.containerd = _Proc("containerd", ["unshare", "--mount", "--propagation", "unchanged",
+                                               shutil.which("containerd"), "--config", str(c / "config.toml")],
                                 self.workdir / "logs" / "containerd.log")
         self.containerd.start()
         deadline = time.monotonic() + 30
@@ -368,12 +428,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     def _import_images(self) -> None:
         archives = [busybox_image(self.workdir / "busybox.tar"), *self.images]
         for archive in archives:
-            if not archive.is_file():
-                raise NodeError(f"image archive {archive} not found (make image builds bin/netprobe-image.tar)")
-            self.ctr("images", "import", str(archive))
-        self.imported = sorted(self.ctr("images", "ls", "-q").stdout.split())
+            self.import_image(archive)
         if BUSYBOX_IMAGE not in self.imported:
             raise NodeError(f"{BUSYBOX_IMAGE} missing after import: {self.imported}")
+
+    def import_image(self, archive: Path) -> None:
+        if not Path(archive).is_file():
+            raise NodeError(f"image archive {archive} not found (make image builds bin/netprobe-image.tar)")
+        self.ctr("images", "import", str(archive))
+        self.imported = sorted(self.ctr("images", "ls", "-q").stdout.split())
+
+    @contextlib.contextmanager
+    def without_kernel_headers(self):
+        """Containers created meanwhile find /usr/src and /lib/modules empty (see the module doc)."""
+        ns = f"--mount=/proc/{self.containerd.popen.pid}/ns/mnt"
+        done = []
+        try:
+            for path in ("/usr/src", "/lib/modules"):
+                subprocess.run(["nsenter", ns, "mount", "-t", "tmpfs", "-o", "ro,size=64k,mode=755",
+                                "netprobe-no-headers", path], check=True, capture_output=True)
+                done.append(path)
+            yield
+        finally:
+            for path in reversed(done):
+                subprocess.run(["nsenter", ns, "umount", path], check=True, capture_output=True)
 
     # ---- kubelet ---------------------------------------------------------------------------
     def _start_kubelet(self) -> None:
@@ -510,7 +588,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         prefix = str(self.workdir) + "/"
         for _ in range(3):
             mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-            ours = [m for m in mounts if m.startswith(prefix)]
+            ours = [m for m in mounts if m.startswith(prefix) or m == str(self.workdir)]
             if not ours:
                 return
             for m in sorted(ours, key=len, reverse=True):

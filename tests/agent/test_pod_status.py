@@ -9,14 +9,16 @@ from node_agent.runtime.instance import ProgramError
 
 
 class FakeClient:
+    """CoreV1Api's one call the reporter makes."""
+
     def __init__(self, fail: int = 0):
         self.calls, self.fail = [], fail
 
-    def call_api(self, path, method, **kw):
+    def patch_namespaced_pod_status(self, name, namespace, body, _request_timeout=None):
         if self.fail:
             self.fail -= 1
             raise OSError("connection refused")
-        self.calls.append((path, method, kw["header_params"]["Content-Type"], kw["body"]))
+        self.calls.append((namespace, name, body))
 
 
 def test_condition_names_each_failed_program_its_stage_and_what_still_runs():
@@ -40,13 +42,12 @@ def test_reporter_patches_its_own_pod_once_per_change_and_retries(monkeypatch):
     assert client.calls == []
     reporter.flush()                              # retried
     reporter.flush()                              # unchanged: not sent again
-    (path, method, content_type, body), = client.calls
-    assert (path, method) == ("/api/v1/namespaces/netprobe-system/pods/netprobe-e2e-abcde/status", "PATCH")
-    assert content_type == "application/strategic-merge-patch+json"
+    (namespace, name, body), = client.calls
+    assert (namespace, name) == ("netprobe-system", "netprobe-e2e-abcde")
     (cond,) = body["status"]["conditions"]
     assert (cond["type"], cond["status"], cond["reason"]) == (pod_status.CONDITION, "False", "ProgramsFailed")
     reporter.report({}, ["tcp_rtt", "rx_latency"])
-    assert client.calls[-1][3]["status"]["conditions"][0]["status"] == "True"
+    assert client.calls[-1][2]["status"]["conditions"][0]["status"] == "True"
 
 
 def test_nothing_is_reported_outside_a_pod(monkeypatch, tmp_path):
@@ -59,3 +60,32 @@ def test_nothing_is_reported_outside_a_pod(monkeypatch, tmp_path):
     monkeypatch.setenv("POD_NAME", "p")
     assert pod_status.write_termination_message("no headers", str(log)) is True
     assert log.read_text() == "no headers"
+
+
+@pytest.mark.cluster
+def test_the_condition_lands_on_the_pod_next_to_others(control_plane, kube_api, monkeypatch):
+    """Against the real API server: a strategic merge patch of pods/status that adds
+    the condition and leaves another one (the kubelet's) as it was."""
+    from kubernetes import client
+    core = client.CoreV1Api(kube_api)
+    ns = "pod-status-test"
+    core.create_namespace({"metadata": {"name": ns}})
+    try:
+        core.create_namespaced_pod(ns, {"metadata": {"name": "agent"},
+                                        "spec": {"containers": [{"name": "agent", "image": "x"}]}})
+        kubelets = {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        core.patch_namespaced_pod_status("agent", ns, {"status": {"conditions": [kubelets]}})
+        monkeypatch.setenv("POD_NAME", "agent")
+        monkeypatch.setenv("POD_NAMESPACE", ns)
+        reporter = pod_status.PodReporter(lambda: core)
+        reporter.report({"rx_latency": ProgramError("rx_latency", "attach", "no kprobes")}, ["tcp_rtt"])
+        conds = {c.type: c for c in core.read_namespaced_pod_status("agent", ns).status.conditions}
+        assert conds["Ready"].reason == "ContainersNotReady"
+        mine = conds[pod_status.CONDITION]
+        assert (mine.status, mine.reason) == ("False", "ProgramsFailed") and "rx_latency" in mine.message
+        reporter.report({}, ["tcp_rtt", "rx_latency"])
+        conds = {c.type: c for c in core.read_namespaced_pod_status("agent", ns).status.conditions}
+        assert conds[pod_status.CONDITION].status == "True" and conds["Ready"].reason == "ContainersNotReady"
+    finally:
+        core.delete_namespace(ns)

@@ -75,14 +75,15 @@ def owned_by(obj: dict, probe: dict) -> bool:
 
 def allowed(netprobe, user, verb, resource, namespace=None, group=""):
     """A SubjectAccessReview, not `kubectl auth can-i`: it works for resources
-    whose CRD is not installed yet."""
+    whose CRD is not installed yet. `resource` may name a subresource (pods/status)."""
     sa_namespace = user.split(":")[2]
+    resource, _, subresource = resource.partition("/")
     review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
               "spec": {"user": user,
                        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{sa_namespace}",
                                   "system:authenticated"],
                        "resourceAttributes": {"verb": verb, "group": group, "resource": resource,
-                                              "namespace": namespace or ""}}}
+                                              "subresource": subresource, "namespace": namespace or ""}}}
     reply = netprobe.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review))
     return json.loads(reply.stdout)["status"].get("allowed", False)
 
@@ -100,6 +101,11 @@ def test_agent_service_account_has_only_the_resolver_and_review_rights(netprobe)
     assert not allowed(netprobe, agent, "get", "secrets", NAMESPACE)
     assert not allowed(netprobe, agent, "list", "replicasets", None, "apps")
     assert not allowed(netprobe, agent, "patch", "pods", "shop")
+    # its own pod's ProgramsLoaded condition: pods/status, in its namespace only
+    assert allowed(netprobe, agent, "patch", "pods/status", NAMESPACE)
+    assert not allowed(netprobe, agent, "patch", "pods/status", "shop")
+    assert not allowed(netprobe, agent, "patch", "pods", NAMESPACE)
+    assert not allowed(netprobe, agent, "update", "pods/status", NAMESPACE)
 
 
 def test_operator_runs_with_least_privilege(netprobe):
@@ -114,6 +120,9 @@ def test_operator_runs_with_least_privilege(netprobe):
     assert not can("get", "secrets", "default") and not can("list", "secrets")
     assert not can("create", "tokenreviews", group="authentication.k8s.io")
     assert not can("list", "pods")
+    # its agent pods' state (Degraded), read only, in its namespace only
+    assert can("watch", "pods", NAMESPACE) and can("list", "pods", NAMESPACE)
+    assert not can("patch", "pods", NAMESPACE) and not can("list", "pods", "default")
     assert not can("delete", "nodes")
     # the process really authenticates as that account, not as admin
     kubeconfig = yaml.safe_load((netprobe.operator.log_path.parent / "operator.kubeconfig").read_text())

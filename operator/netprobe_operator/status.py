@@ -93,8 +93,10 @@ def _pod_issue(pod: Mapping) -> Problem | None:
         state = cs.get("state") or {}
         waiting = state.get("waiting") or {}
         # The last run's end: the agent writes why it could not start as its
-        # termination message (the kubelet copies it here).
-        ended = state.get("terminated") or ((cs.get("lastState") or {}).get("terminated") if waiting else None)
+        # termination message (the kubelet copies it here). Also while the next
+        # attempt runs but is not ready yet, so Degraded does not flap with each
+        # restart of a crash loop.
+        ended = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if ended and ended.get("exitCode", 0) != 0:
             why = (ended.get("message") or "").strip() or \
                 f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'no message'})"

@@ -99,8 +99,12 @@ def test_agent_issues_from_termination_messages_and_the_programs_condition():
     assert [i.message for i in issues] == [
         "agent on node a: the agent cannot start: exit code 137 (OOMKilled)",
         "agent on nodes p0, p1, p2 and 2 more: the agent container is ErrImageNeverPull: image not present"]
-    # a container still starting (running, not ready yet) is no problem
+    # a container still starting (running, not ready yet) is no problem, unless its
+    # last run failed (a crash loop between two crashes); once ready it is fine
     assert status.agent_issues([agent_pod("s", ready=False)]) == []
+    again = dict(state={"running": {}}, last={"terminated": {"exitCode": 1, "message": NO_HEADERS}})
+    assert [i.reason for i in status.agent_issues([agent_pod("s", ready=False, **again)])] == ["AgentCannotStart"]
+    assert status.agent_issues([agent_pod("s", ready=True, **again)]) == []
 
 
 def test_degraded_joins_spec_problems_and_agent_issues():

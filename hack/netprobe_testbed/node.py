@@ -72,7 +72,7 @@ class NodeError(RuntimeError):
 def missing_prerequisites(bin_dir: Path = BIN_DIR) -> list[str]:
     """What this machine lacks to run a RealNode, as readable items (empty: nothing)."""
     missing = []
-    for tool in ("containerd", "ctr", "runc", "nft", "ip", "nsenter"):
+    for tool in ("containerd", "ctr", "runc", "nft", "ip", "nsenter", "unshare", "mount"):
         if shutil.which(tool) is None:
             missing.append(f"{tool} (not on PATH)")
     for plugin in CNI_PLUGINS:

@@ -96,7 +96,8 @@ class EmptyPrograms:
     by attached(): what any program on those hooks costs here. One program
     per hook, as the agent has (one program on several hooks would be skipped
     whenever it nests in itself, and look cheaper than it is). `ids` maps each
-    hook to its program's id."""
+    hook to its program's id; hooks of a kind with no empty counterpart (not
+    in EMPTY_KIND) are left out and listed in `skipped`."""
 
     _PROG_TYPES = {"raw_tracepoint": "RAW_TRACEPOINT", "tracepoint": "TRACEPOINT", "kprobe": "KPROBE"}
 
@@ -106,10 +107,8 @@ class EmptyPrograms:
         from node_agent.kernel.headers import find_kernel_headers
 
         find_kernel_headers(set_env=True)   # BCC_KERNEL_SOURCE, as the agent does
-        unknown = sorted({h.kind for h in hooks if h.kind not in EMPTY_KIND})
-        if unknown:
-            raise RuntimeError(f"no empty counterpart for hooks of kind {', '.join(unknown)}")
-        self.hooks = list(dict.fromkeys(hooks))
+        self.skipped = [h for h in dict.fromkeys(hooks) if h.kind not in EMPTY_KIND]
+        self.hooks = [h for h in dict.fromkeys(hooks) if h.kind in EMPTY_KIND]
         self.fns = {hook: f"empty_{i}" for i, hook in enumerate(self.hooks)}
         self.bpf = BPF(text="".join(f"int {fn}(void *ctx) {{ return 0; }}\n" for fn in self.fns.values()))
         try:
@@ -124,7 +123,7 @@ class EmptyPrograms:
         """The empty programs of `hooks` attached for the block; yields their ids."""
         done = []
         try:
-            for hook in dict.fromkeys(hooks):
+            for hook in (h for h in dict.fromkeys(hooks) if h in self.fns):
                 fn, kind = self.fns[hook], EMPTY_KIND[hook.kind]
                 if kind == "raw_tracepoint":
                     self.bpf.attach_raw_tracepoint(tp=hook.target.split(":", 1)[1], fn_name=fn)

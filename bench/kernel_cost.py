@@ -204,8 +204,9 @@ def run(workdir: Path, seconds: float, reps: int = 1, **_) -> list[Figure]:
             owners = {}
             for prog_id, rec in agent_progs.items():
                 fn = function_of(rec["name"], functions)
-                if fn is None:
-                    raise RuntimeError(f"the agent's BPF program {rec['name']} is not in the catalogue")
+                if fn is None:   # loaded by the agent, attached by no strategy of the catalogue
+                    owners[prog_id] = ("unknown", rec["name"], [])
+                    continue
                 program, hooks = functions[fn]
                 owners[prog_id] = (program, fn, [h for h in hooks if h in hooks_of([program])] or hooks)
             empty = EmptyPrograms(sorted({h for _, _, hooks in owners.values() for h in hooks},
@@ -265,9 +266,9 @@ def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyProgra
         return [w[prog_id][1] for w, _ in windows]
 
     for prog_id, (program, fn, hooks) in sorted(owners.items(), key=lambda kv: (kv[1][0], kv[1][1])):
-        hook = hooks[0]
-        kind = grain(hook)
-        floor_id = empty.ids.get(hook)
+        hook = hooks[0] if hooks else None
+        kind = grain(hook) if hook else None
+        floor_id = empty.ids.get(hook) if hook else None
         what = f"{program}: {fn} ({', '.join(h.target for h in hooks)})" + tag
         own = ns_runs(prog_id)
         floor = ns_runs(floor_id) if floor_id is not None else [float("nan")] * len(own)
@@ -276,6 +277,13 @@ def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyProgra
         grain_note = {"packet": "per packet (the tracepoint's record carries an sk_buff)",
                       "connection": "per connection event (the record carries a socket, no sk_buff)"}.get(
             kind, "unknown grain: judged as per packet")
+        if floor_id is None:
+            valid_own = [v for v in own if not math.isnan(v)]
+            agent_figures.append(Figure(NAME, what, statistics.median(valid_own) if valid_own else float("nan"),
+                                        "ns/event", detail=(f"no empty program for a {hook.kind} hook" if hook else
+                                                            "no hook in the catalogue") +
+                                        f": absolute figure, no verdict; {grain_note}"))
+            continue
         if not deltas:
             agent_figures.append(Figure(NAME, what, float("nan"), "ns/event over empty", f"<= {budget}",
                                         f"no events in the windows; {grain_note}"))
@@ -287,7 +295,7 @@ def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyProgra
             f"{statistics.median([v for v in floor if not math.isnan(v)]):,.0f} for an empty "
             f"{EMPTY_KIND[hook.kind]} program on {hook.target}; over empty by window: "
             f"{spread(deltas, '{:,.0f}')}; {rate(prog_id)}, {hook.kind}"))
-    shown = {owners[i][2][0] for i in owners}
+    shown = {owners[i][2][0] for i in owners if owners[i][2]}
     for hook, prog_id in empty.ids.items():
         if hook not in shown:
             continue

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import Figure, bpf_programs_on_path, log, running_agent, spread
-from bench.hooks import DEFAULT_PROGRAMS, EmptyPrograms, Hook, hooks_of
+from bench.hooks import DEFAULT_PROGRAMS, EMPTY_KIND, EmptyPrograms, Hook, hooks_of
 from bench.kernel_cost import prog_ids_of
 from bench.traffic import (iperf3_bits_per_second, sockperf_pingpong, start_iperf3_server,
                            start_sockperf_server)
@@ -55,6 +55,12 @@ def arm(state: str, workdir: Path, resolver: Path, tag: str, hooks: list[Hook], 
         with running_agent(workdir, resolver, tag, programs=programs) as agent:
             time.sleep(SETTLE_SECONDS)
             yield prog_ids_of(agent.pid)
+
+
+def missing_note(hooks: list[Hook]) -> str:
+    """Hooks the floor lacks (no empty program of their kind): the ratio then includes their dispatch."""
+    missing = [str(h) for h in hooks if h.kind not in EMPTY_KIND]
+    return f" (no empty program on {', '.join(missing)}: not in the floor)" if missing else ""
 
 
 def per_rep_ratios(num: list[float], den: list[float]) -> list[float]:
@@ -122,7 +128,7 @@ def _figures(runs, others, seconds, reps, arms) -> list[Figure]:
     gbit = {a: [v / 1e9 for v in runs[a]["tput"]] for a in ("off", "floor", "on")}
     how = f"{seconds:g}s x {reps}, arms in turn in each repetition; {min(others)}-{max(others)} " \
           "BPF programs of others were loaded"
-    hooks_note = f"{len(default_hooks)} hooks of {', '.join(DEFAULT_PROGRAMS)}"
+    hooks_note = f"{len(default_hooks)} hooks of {', '.join(DEFAULT_PROGRAMS)}" + missing_note(default_hooks)
     figures = []
     for measure, what, unit, values, fmt, target, tool in (
             ("tput", "TCP stream throughput", "Gbit/s", gbit, "{:.3g}", TARGET_THROUGHPUT_RATIO, "iperf3, 1 stream"),
@@ -151,5 +157,6 @@ def _figures(runs, others, seconds, reps, arms) -> list[Figure]:
         figures.append(Figure(
             NAME, f"request/response, {p} alone/its empty programs", statistics.median(ratios), "ratio",
             detail=(f"{median(f'on:{p}', 'rr'):,.0f} vs {median(f'floor:{p}', 'rr'):,.0f} rt/s "
-                    f"(off {median('off', 'rr'):,.0f}) on {', '.join(map(str, hooks))}; {spread(ratios)}")))
+                    f"(off {median('off', 'rr'):,.0f}) on {', '.join(map(str, hooks))}{missing_note(hooks)}; "
+                    f"{spread(ratios)}")))
     return figures

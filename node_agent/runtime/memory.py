@@ -6,7 +6,7 @@ arenas, ~80 MiB of LLVM/clang code pages stay mapped, and the kernel's BTF
 next compile (a config reload). So, after each load:
 
 - the cached BTF is dropped (whatever a scrape needs from it, e.g. drop reason
-  names, is computed before: see Agent._warm_scrape_caches), and the heap
+  names, is computed before: Agent._release_compiler_memory), and the heap
   trimmed (malloc_trim: every arena);
 - MADV_PAGEOUT asks the kernel to reclaim the compiler libraries' pages (a
   hint that keeps contents): it frees pages only this process maps, and skips

@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
                         help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--seconds", type=float, default=5, help="length of each measurement (default 5)")
-    parser.add_argument("--reps", type=int, default=3,
-                        help="off/on repetitions of veth_overhead (default 3: off, on, off, on, off, on)")
+    parser.add_argument("--seconds", type=float, default=3,
+                        help="length of each measurement window (default 3)")
+    parser.add_argument("--reps", type=int, default=5,
+                        help="repetitions of every measurement; figures are their medians (default 5)")
     parser.add_argument("--markdown", action="store_true", help="print the final table as Markdown")
     args = parser.parse_args(argv)
     unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
@@ -86,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nafter:  {machine_state()}")
-    print(f"total {time.monotonic() - started:.0f}s; figures from this one run "
-          "(ratios are on/off of the same run; nothing is asserted)\n")
+    print(f"total {time.monotonic() - started:.0f}s; figures from this one run, medians of {args.reps} "
+          "repetitions (ratios are of arms of the same run; nothing is asserted)\n")
     print(render_table(figures, args.markdown))
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)

@@ -30,7 +30,7 @@ class Figure:
 
     def meets(self) -> bool | None:
         m = re.fullmatch(r"\s*(<=|>=)\s*([0-9.]+)\s*", self.target)
-        if not m:
+        if not m or self.value != self.value:   # no target, or no value (nan)
             return None
         bound = float(m.group(2))
         return self.value <= bound if m.group(1) == "<=" else self.value >= bound
@@ -164,9 +164,11 @@ def interface_packets(ifname: str) -> int:
 
 
 def spread(values: list[float], fmt: str = "{:.3g}") -> str:
-    """'runs 1.2, 1.3 (median 1.25)' for the detail column."""
-    return (f"runs {', '.join(fmt.format(v) for v in values)} "
-            f"(median {fmt.format(statistics.median(values))})")
+    """'runs 1.2, 1.3 (median 1.25, spread 8.0 %)' for the detail column;
+    the spread is (max - min) / median of the repetitions."""
+    median = statistics.median(values)
+    rel = f", spread {(max(values) - min(values)) / abs(median) * 100:.1f} %" if len(values) > 1 and median else ""
+    return f"runs {', '.join(fmt.format(v) for v in values)} (median {fmt.format(median)}{rel})"
 
 
 def wait_listening(pod, port: int, timeout: float = 15) -> None:

@@ -1,4 +1,5 @@
-"""Per-program kernel cost: ns per event, from the kernel's own BPF run-time statistics.
+"""Per-program kernel cost: ns per event, from the kernel's own BPF run-time statistics,
+against an empty program on the same hook in the same window.
 
 While run-time statistics are on (kernel.bpf_stats_enabled) the kernel adds,
 for every BPF program, the time each run took (run_time_ns) and the number of
@@ -13,21 +14,23 @@ and attributed to their catalogue program and hook by the agent's own program
 specs (node_agent.programs.CATALOGUE). The cost is the delta over a traffic window, divided by the
 delta of runs: one run = one event (a tracepoint hit).
 
-Two reference programs run in the same window on net:netif_receive_skb: an
-empty one and one that increments a per-CPU counter. They show the floor of
-this machine (the statistics' own clock reads included, a VM's clock too), so
-the agent's figures can be read against what any program costs here. A third,
-empty, on skb:kfree_skb as a raw tracepoint, is the floor of the drop path
-(rarer, colder events) that the drops program sits on.
+Beside the agent, an empty program sits on every hook the agent takes, of the
+same kind (bench.hooks.EmptyPrograms), and one that increments a per-CPU
+counter on net:netif_receive_skb. The empty ones are the floor of each hook
+on this machine (the statistics' own clock reads included, a VM's clock too).
+Each agent program is judged by how far above the empty program on its hook
+it is, per window: at most +60 ns for a hook that fires per packet, +150 ns
+for one that fires per connection event (bench.hooks.grain: from the
+tracepoint's record, read from the kernel).
 
-Traffic while measuring: one iperf3 stream (segments and ACKs: tcp_probe,
-receive path), short connections with every 10th to a closed port (state
-changes, resets; NO_SOCKET drops), and a pair with 20 % random loss
+Traffic in each of `reps` windows: one iperf3 stream (segments and ACKs:
+tcp_probe, receive path), short connections with every 10th to a closed port
+(state changes, resets; NO_SOCKET drops), and a pair with 20 % random loss
 (retransmits; NETFILTER_DROP drops). For the dns
 program that is the cost it adds to packets that are not DNS (its port
-check). A second window carries only DNS: DNS_QUERIES queries over UDP,
+check). Then `reps` windows carry only DNS: DNS_QUERIES queries over UDP,
 one after the other, to a DNS server (netprobe_testbed.dns_server) in
-another namespace; the dns figures of that window are the cost on the DNS
+another namespace; the dns figures of those windows are the cost on the DNS
 path (every hop of a query and its response runs both hooks).
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ import ctypes
 import json
 import math
 import os
+import statistics
 import platform
 import re
 import subprocess
@@ -44,7 +48,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import Figure, log, running_agent
+from bench.common import Figure, log, running_agent, spread
+from bench.hooks import EMPTY_KIND, EmptyPrograms, Hook, grain, hooks_of, prog_id_of_fd
 from bench.traffic import iperf3_client_argv, start_iperf3_server
 from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab
@@ -70,7 +75,7 @@ for i in range(count):
         pass
 print(answered)
 """
-TARGET_NS = 100
+BUDGET_NS = {"packet": 60, "connection": 150}   # above the empty program on the same hook (issue 14)
 ECHO_PORT = 8080
 KERNEL_NAME_LEN = 15  # BPF_OBJ_NAME_LEN - 1: the kernel keeps this much of a program's name
 
@@ -97,20 +102,6 @@ def bpf_stats_enabled():
         os.close(fd)
 
 
-def functions_by_program() -> dict[str, str]:
-    """BPF C function name -> "program (hook, ...)" from the agent's catalogue."""
-    from node_agent.programs import CATALOGUE
-
-    hooks: dict[str, tuple[str, list[str]]] = {}
-    for spec in CATALOGUE.values():
-        for strategy in spec.strategies:
-            for attach in strategy.attachments:
-                program, targets = hooks.setdefault(attach.fn, (spec.name, []))
-                if attach.target not in targets:
-                    targets.append(attach.target)
-    return {fn: f"{program}: {fn} ({', '.join(targets)})" for fn, (program, targets) in hooks.items()}
-
-
 def prog_ids_of(pid: int) -> set[int]:
     """IDs of the BPF programs a process holds open."""
     ids = set()
@@ -130,19 +121,10 @@ def prog_stats(ids: set[int]) -> dict[int, dict]:
     return {p["id"]: p for p in json.loads(out.stdout) if p["id"] in ids}
 
 
-REFERENCE_TRACEPOINT = "net:netif_receive_skb"
-_REFERENCE_PROGRAMS = r"""
+
+
+_COUNTER_PROGRAM = r"""
 BPF_PERCPU_ARRAY(ref_counter, u64, 1);
-
-int ref_empty(void *ctx)
-{
-    return 0;
-}
-
-int ref_empty_drop(void *ctx)
-{
-    return 0;
-}
 
 int ref_count(void *ctx)
 {
@@ -153,58 +135,57 @@ int ref_count(void *ctx)
     return 0;
 }
 """
-DROP_TRACEPOINT = "kfree_skb"   # skb:kfree_skb, raw
-REFERENCES = {"ref_empty": "reference: empty program", "ref_count": "reference: per-CPU counter increment",
-              "ref_empty_drop": "reference: empty program"}
-REFERENCE_HOOKS = {"ref_empty": REFERENCE_TRACEPOINT, "ref_count": REFERENCE_TRACEPOINT,
-                   "ref_empty_drop": "skb:kfree_skb, raw"}
+COUNTER_HOOK = Hook("raw_tracepoint", "net:netif_receive_skb")
 
 
-class ReferencePrograms:
-    """The reference programs, compiled and attached in this process.
+@contextmanager
+def counter_reference():
+    """The per-CPU counter program on COUNTER_HOOK for the block (its own BPF
+    object: BCC keeps one attachment per raw tracepoint in an object); yields its id."""
+    from bcc import BPF
 
-    One BPF object per program: BCC keeps one attachment per tracepoint name
-    in an object, so a second program attached to the same tracepoint would
-    be left attached by cleanup() (it was, and ran on for the rest of the
-    bench)."""
-
-    def __init__(self):
-        from bcc import BPF
-
-        from node_agent.kernel.headers import find_kernel_headers
-
-        find_kernel_headers(set_env=True)  # BCC_KERNEL_SOURCE, as the agent does
-        self.objects = []
-        try:
-            for fn in REFERENCES:
-                bpf = BPF(text=_REFERENCE_PROGRAMS)
-                self.objects.append(bpf)
-                if fn == "ref_empty_drop":
-                    bpf.attach_raw_tracepoint(tp=DROP_TRACEPOINT, fn_name=fn)
-                else:
-                    bpf.attach_tracepoint(tp=REFERENCE_TRACEPOINT, fn_name=fn)
-        except Exception:
-            self.cleanup()
-            raise
-
-    def cleanup(self) -> None:
-        for bpf in self.objects:
-            bpf.cleanup()
-        self.objects = []
+    bpf = BPF(text=_COUNTER_PROGRAM)
+    try:
+        bpf.attach_raw_tracepoint(tp=COUNTER_HOOK.target.split(":", 1)[1], fn_name="ref_count")
+        yield prog_id_of_fd(bpf.funcs[b"ref_count"].fd)
+    finally:
+        bpf.cleanup()
 
 
+def hooks_by_function() -> dict[str, tuple[str, list[Hook]]]:
+    """BPF C function -> (its program, its hooks), over every strategy of the catalogue."""
+    from node_agent.programs import CATALOGUE
 
-def describe_prog(kernel_name: str, owners: dict[str, str]) -> str:
-    """What a loaded program is, from its possibly truncated kernel name."""
-    matches = [fn for fn in owners if fn == kernel_name
+    out: dict[str, tuple[str, list[Hook]]] = {}
+    for spec in CATALOGUE.values():
+        for strategy in spec.strategies:
+            for attach in strategy.attachments:
+                program, hooks = out.setdefault(attach.fn, (spec.name, []))
+                if Hook(attach.kind, attach.target) not in hooks:
+                    hooks.append(Hook(attach.kind, attach.target))
+    return out
+
+
+def function_of(kernel_name: str, functions) -> str | None:
+    """The C function a loaded program runs, from its possibly truncated kernel name."""
+    matches = [fn for fn in functions if fn == kernel_name
                or (len(kernel_name) == KERNEL_NAME_LEN and fn.startswith(kernel_name))]
-    if len(matches) == 1:
-        return owners[matches[0]]
-    return f"unknown program {kernel_name}"
+    return matches[0] if len(matches) == 1 else None
 
 
-def run(workdir: Path, seconds: float, **_) -> list[Figure]:
-    owners = functions_by_program()
+def per_event(before: dict, after: dict) -> dict[int, tuple[int, float]]:
+    """id -> (runs, ns per run) over a window; ns nan without runs."""
+    out = {}
+    for prog_id, rec in after.items():
+        prev = before.get(prog_id, {})
+        runs = rec.get("run_cnt", 0) - prev.get("run_cnt", 0)
+        ns = rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0)
+        out[prog_id] = (runs, ns / runs if runs > 0 else float("nan"))
+    return out
+
+
+def run(workdir: Path, seconds: float, reps: int = 1, **_) -> list[Figure]:
+    functions = hooks_by_function()
     with Lab(["client", "server", "lossy"], prefix="npk") as lab, bpf_stats_enabled():
         client, server, lossy = lab.pods["client"], lab.pods["server"], lab.pods["lossy"]
         resolver = lab.write_static_resolver(workdir / "pods-kernel-cost.yaml", {
@@ -215,70 +196,118 @@ def run(workdir: Path, seconds: float, **_) -> list[Figure]:
         lab.serve_tcp("lossy", ECHO_PORT)
         lab.add_random_drop("lossy", 20, from_ip=client.ip4)
         with running_agent(workdir, resolver, "kernel-cost") as agent:
-            ids = prog_ids_of(agent.pid)
-            if not ids:
+            agent_ids = prog_ids_of(agent.pid)
+            if not agent_ids:
                 raise RuntimeError("the agent holds no BPF program file descriptors")
-            references = ReferencePrograms()
+            agent_progs = prog_stats(agent_ids)
+            # each agent program: its function, program and hooks (as loaded: the kind bpftool reports)
+            owners = {}
+            for prog_id, rec in agent_progs.items():
+                fn = function_of(rec["name"], functions)
+                if fn is None:   # loaded by the agent, attached by no strategy of the catalogue
+                    owners[prog_id] = ("unknown", rec["name"], [])
+                    continue
+                program, hooks = functions[fn]
+                owners[prog_id] = (program, fn, [h for h in hooks if h in hooks_of([program])] or hooks)
+            empty = EmptyPrograms(sorted({h for _, _, hooks in owners.values() for h in hooks},
+                                         key=lambda h: (h.target, h.kind)))
             try:
-                reference_ids = prog_ids_of(os.getpid())
-                ids |= reference_ids
-                before = prog_stats(ids)
-                started = time.monotonic()
-                background = [
-                    lab.start_requests("client", server.ip4, ECHO_PORT, refused_every=10),
-                    lab.start_requests("client", lossy.ip4, ECHO_PORT, size=16384),
-                ]
-                log(f"traffic for {seconds:g}s: iperf3 stream, short connections (10 % refused), "
-                    "20 % lossy pair")
-                client.run(iperf3_client_argv(server.ip4, seconds), timeout=seconds + 60)
-                after = prog_stats(ids)
-                window = time.monotonic() - started
-                for proc in background:
-                    proc.kill()
-                dns_before, dns_window = prog_stats(ids), None
-                dns = server.popen([sys.executable, dns_server.__file__, "53"], stdout=subprocess.PIPE, text=True)
-                if dns.stdout.readline().strip() != "ready":
-                    raise RuntimeError("the DNS server did not start")
-                started = time.monotonic()
-                answered = client.run([sys.executable, "-c", _DNS_QUERIES, server.ip4, DNS_QUERIES],
-                                      timeout=DNS_QUERIES + 60).stdout.strip()
-                dns_after, dns_window = prog_stats(ids), time.monotonic() - started
-                log(f"DNS window: {answered} of {DNS_QUERIES} queries answered in {dns_window:.1f}s")
+                with empty.attached(empty.hooks), counter_reference() as counter_id:
+                    ids = agent_ids | set(empty.ids.values()) | {counter_id}
+                    mixed, dns_only = [], []
+                    for rep in range(1, reps + 1):
+                        before, started = prog_stats(ids), time.monotonic()
+                        background = [
+                            lab.start_requests("client", server.ip4, ECHO_PORT, refused_every=10),
+                            lab.start_requests("client", lossy.ip4, ECHO_PORT, size=16384),
+                        ]
+                        client.run(iperf3_client_argv(server.ip4, seconds), timeout=seconds + 60)
+                        after, window = prog_stats(ids), time.monotonic() - started
+                        for proc in background:
+                            proc.kill()
+                            proc.wait()
+                        mixed.append((per_event(before, after), window))
+                        log(f"window {rep}/{reps}: {seconds:g}s iperf3 stream, short connections (10 % refused), "
+                            f"20 % lossy pair")
+                    dns = server.popen([sys.executable, dns_server.__file__, "53"], stdout=subprocess.PIPE, text=True)
+                    try:
+                        if dns.stdout.readline().strip() != "ready":
+                            raise RuntimeError("the DNS server did not start")
+                        for rep in range(1, reps + 1):
+                            before, started = prog_stats(ids), time.monotonic()
+                            answered = client.run([sys.executable, "-c", _DNS_QUERIES, server.ip4, DNS_QUERIES],
+                                                  timeout=DNS_QUERIES + 60).stdout.strip()
+                            after, window = prog_stats(ids), time.monotonic() - started
+                            dns_only.append((per_event(before, after), window))
+                            log(f"DNS window {rep}/{reps}: {answered} of {DNS_QUERIES} queries answered "
+                                f"in {window:.1f}s")
+                    finally:
+                        dns.kill()
+                        dns.wait()
             finally:
-                references.cleanup()
+                empty.cleanup()
 
-    figures = _figures(before, after, window, reference_ids, owners, "")
-    dns_ids = {i for i, rec in dns_after.items()
-               if i in reference_ids or describe_prog(rec["name"], owners).startswith("dns:")}
-    figures += _figures({i: dns_before[i] for i in dns_ids if i in dns_before},
-                        {i: dns_after[i] for i in dns_ids}, dns_window, reference_ids, owners,
-                        ", only DNS traffic")
+    figures = _figures(mixed, owners, empty, counter_id, "")
+    dns_owners = {i: o for i, o in owners.items() if o[0] == "dns"}
+    figures += _figures(dns_only, dns_owners, empty, None, ", only DNS traffic")
     return figures
 
 
-def _figures(before: dict, after: dict, window: float, reference_ids: set[int], owners: dict[str, str],
+def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyPrograms, counter_id: int | None,
              tag: str) -> list[Figure]:
+    """Each agent program against the empty program on its hook, window by window."""
     agent_figures, reference_figures = [], []
-    for prog_id, rec in after.items():
-        prev = before.get(prog_id, {})
-        runs = rec.get("run_cnt", 0) - prev.get("run_cnt", 0)
-        ns = rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0)
-        if prog_id in reference_ids:
-            what, target, into = f"{REFERENCES.get(rec['name'], rec['name'])} ({REFERENCE_HOOKS.get(rec['name'], '?')}){tag}", "", \
-                reference_figures
-        else:
-            what, target, into = describe_prog(rec["name"], owners) + tag, f"<= {TARGET_NS}", agent_figures
-        if runs <= 0:
-            into.append(Figure(NAME, what, float("nan"), "ns/event", target, "no events in the window"))
-        else:
-            into.append(Figure(NAME, what, ns / runs, "ns/event", target,
-                               f"{runs} events in {window:.1f}s ({runs / window:,.0f}/s), {rec['type']}"))
-    # each agent program against the empty program on its own path: the drop
-    # path's (kfree_skb) for the programs there, the receive path's for the rest
-    floors = {hook: f.value for f in reference_figures for fn, hook in REFERENCE_HOOKS.items()
-              if fn.startswith("ref_empty") and f.what == f"{REFERENCES[fn]} ({hook}){tag}" and not math.isnan(f.value)}
-    for f in agent_figures:
-        hook = REFERENCE_HOOKS["ref_empty_drop"] if "(skb:kfree_skb)" in f.what else REFERENCE_TRACEPOINT
-        if hook in floors and not math.isnan(f.value):
-            f.detail += f"; {f.value - floors[hook]:,.0f} ns above the empty program on {hook}"
-    return sorted(agent_figures, key=lambda f: f.what) + sorted(reference_figures, key=lambda f: f.what)
+
+    def rate(prog_id):
+        runs = [w[prog_id][0] for w, _ in windows]
+        return f"{statistics.median(runs):,.0f} events per window ({statistics.median(r / t for r, (_, t) in zip(runs, windows)):,.0f}/s)"
+
+    def ns_runs(prog_id):
+        return [w[prog_id][1] for w, _ in windows]
+
+    for prog_id, (program, fn, hooks) in sorted(owners.items(), key=lambda kv: (kv[1][0], kv[1][1])):
+        hook = hooks[0] if hooks else None
+        kind = grain(hook) if hook else None
+        floor_id = empty.ids.get(hook) if hook else None
+        what = f"{program}: {fn} ({', '.join(h.target for h in hooks)})" + tag
+        own = ns_runs(prog_id)
+        floor = ns_runs(floor_id) if floor_id is not None else [float("nan")] * len(own)
+        deltas = [a - b for a, b in zip(own, floor) if not (math.isnan(a) or math.isnan(b))]
+        budget = BUDGET_NS.get(kind, BUDGET_NS["packet"])
+        grain_note = {"packet": "per packet (the tracepoint's record carries an sk_buff)",
+                      "connection": "per connection event (the record carries a socket, no sk_buff)"}.get(
+            kind, "unknown grain: judged as per packet")
+        if floor_id is None:
+            valid_own = [v for v in own if not math.isnan(v)]
+            agent_figures.append(Figure(NAME, what, statistics.median(valid_own) if valid_own else float("nan"),
+                                        "ns/event", detail=(f"no empty program for a {hook.kind} hook" if hook else
+                                                            "no hook in the catalogue") +
+                                        f": absolute figure, no verdict; {grain_note}"))
+            continue
+        if not deltas:
+            agent_figures.append(Figure(NAME, what, float("nan"), "ns/event over empty", f"<= {budget}",
+                                        f"no events in the windows; {grain_note}"))
+            continue
+        valid_own = [v for v in own if not math.isnan(v)]
+        agent_figures.append(Figure(
+            NAME, what, statistics.median(deltas), "ns/event over empty", f"<= {budget}",
+            f"{grain_note}; {statistics.median(valid_own):,.0f} ns/event vs "
+            f"{statistics.median([v for v in floor if not math.isnan(v)]):,.0f} for an empty "
+            f"{EMPTY_KIND[hook.kind]} program on {hook.target}; over empty by window: "
+            f"{spread(deltas, '{:,.0f}')}; {rate(prog_id)}, {hook.kind}"))
+    shown = {owners[i][2][0] for i in owners if owners[i][2]}
+    for hook, prog_id in empty.ids.items():
+        if hook not in shown:
+            continue
+        values = [v for v in ns_runs(prog_id) if not math.isnan(v)]
+        what = f"reference: empty {EMPTY_KIND[hook.kind]} program ({hook.target}){tag}"
+        reference_figures.append(Figure(NAME, what, statistics.median(values) if values else float("nan"),
+                                        "ns/event", detail=(spread(values, "{:,.0f}") + "; " + rate(prog_id))
+                                        if values else "no events in the windows"))
+    if counter_id is not None:
+        values = [v for v in ns_runs(counter_id) if not math.isnan(v)]
+        reference_figures.append(Figure(
+            NAME, f"reference: per-CPU counter increment ({COUNTER_HOOK.target}, {COUNTER_HOOK.kind}){tag}",
+            statistics.median(values) if values else float("nan"), "ns/event",
+            detail=(spread(values, "{:,.0f}") + "; " + rate(counter_id)) if values else "no events"))
+    return agent_figures + sorted(reference_figures, key=lambda f: f.what)

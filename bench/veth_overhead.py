@@ -1,21 +1,26 @@
-"""Throughput and request/response rate through a veth pair, agent off vs on.
+"""Throughput and request/response rate through a veth pair: the agent against
+empty programs on the same hooks, in the same run.
 
 Two lab pods joined by a veth pair of their own (`Lab.link`: one veth, no
 bridge, as the target is stated): iperf3 sends one TCP stream client ->
 server for `seconds`; sockperf ping-pongs 64-byte messages over one
-persistent TCP connection for `seconds`. Three arms, interleaved off, floor,
-on, off, floor, on, ... (`reps` times each) so that drift of a shared machine
-hits all alike:
+persistent TCP connection for `seconds`. Each repetition runs these arms, one
+after the other, so that drift of a shared machine hits neighbours alike:
 
-  off    nothing attached;
-  floor  an empty BPF program on every hook the agent uses, of the same kind
-         (tracepoint or raw tracepoint): what any program on these hooks
-         costs on this machine (dispatch, a tracepoint's record, the run of a
-         program that does nothing), the ceiling of the ratio for an agent
-         with these hooks;
-  on     the agent with all four programs.
+  off      nothing attached (context: what the hooks themselves cost);
+  floor    an empty BPF program on every hook the default program set
+           (bench.hooks.DEFAULT_PROGRAMS) takes on this kernel, of the same
+           kind: what any program on these hooks costs here, the best an
+           agent with these hooks can do;
+  on       the agent with the default program set;
+  then, for every program of the catalogue, request/response only:
+  floor:P  empty programs on P's hooks alone;
+  on:P     the agent with P alone.
 
-Reported: median(on) / median(off) per measure, and the same for the floor.
+The targets are on/floor (and on:P/floor:P for each program): the agent's own
+work, measured against the floor of the same repetition. Each ratio is taken
+per repetition (neighbouring arms) and the median of the repetitions is
+reported, with every repetition's ratio next to it.
 """
 from __future__ import annotations
 
@@ -26,121 +31,132 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.common import Figure, bpf_programs_on_path, log, running_agent, spread
+from bench.hooks import DEFAULT_PROGRAMS, EMPTY_KIND, EmptyPrograms, Hook, hooks_of
 from bench.kernel_cost import prog_ids_of
 from bench.traffic import (iperf3_bits_per_second, sockperf_pingpong, start_iperf3_server,
                            start_sockperf_server)
 from netprobe_testbed.netns import Lab
 
 NAME = "veth_overhead"
-TARGET_THROUGHPUT_RATIO = 0.97
-TARGET_RR_RATIO = 0.95
-SETTLE_SECONDS = 2  # after the agent is ready: let its start-up CPU burst pass
-ARMS = ("off", "floor", "on")
-
-
-def agent_hooks() -> list[tuple[str, str]]:
-    """(kind, tracepoint) of every hook the agent's default programs take on this kernel:
-    per program, the first attach strategy whose requirements this kernel meets."""
-    from node_agent.kernel.features import KernelFeatures
-    from node_agent.programs import CATALOGUE
-
-    features, hooks = KernelFeatures(), []
-    for spec in CATALOGUE.values():
-        usable = [s for s in spec.candidate_strategies(spec.defaults()) if not features.unmet(s)]
-        for attach in usable[0].attachments if usable else ():
-            if attach.kind in ("tracepoint", "raw_tracepoint") and (attach.kind, attach.target) not in hooks:
-                hooks.append((attach.kind, attach.target))
-    return hooks
+TARGET_THROUGHPUT_RATIO = 0.99   # agent on / empty programs (issue 14)
+TARGET_RR_RATIO = 0.98
+SETTLE_SECONDS = 1  # after the agent is ready: let its start-up CPU burst pass
 
 
 @contextmanager
-def empty_programs_on(hooks: list[tuple[str, str]]):
-    """An empty BPF program attached to each hook, for the block: one program
-    per hook, as the agent has (one program on several hooks would be skipped
-    whenever it nests in itself, and look cheaper than it is)."""
-    from bcc import BPF
-
-    from node_agent.kernel.headers import find_kernel_headers
-
-    find_kernel_headers(set_env=True)
-    bpf = BPF(text="".join(f"int floor_{i}(void *ctx) {{ return 0; }}\n" for i in range(len(hooks))))
-    try:
-        for i, (kind, tp) in enumerate(hooks):
-            if kind == "raw_tracepoint":
-                bpf.attach_raw_tracepoint(tp=tp.split(":", 1)[1], fn_name=f"floor_{i}")
-            else:
-                bpf.attach_tracepoint(tp=tp, fn_name=f"floor_{i}")
-        yield
-    finally:
-        bpf.cleanup()
-
-
-@contextmanager
-def arm(state: str, workdir: Path, resolver: Path, tag: str, hooks: list[tuple[str, str]]):
+def arm(state: str, workdir: Path, resolver: Path, tag: str, hooks: list[Hook], programs, empty: EmptyPrograms):
     """The arm's BPF set-up; yields the ids of the BPF programs it loaded."""
     if state == "off":
         yield set()
     elif state == "floor":
-        with empty_programs_on(hooks):
-            yield prog_ids_of(os.getpid())
+        with empty.attached(hooks) as ids:
+            yield ids
     else:
-        with running_agent(workdir, resolver, tag) as agent:
+        with running_agent(workdir, resolver, tag, programs=programs) as agent:
             time.sleep(SETTLE_SECONDS)
             yield prog_ids_of(agent.pid)
 
 
+def missing_note(hooks: list[Hook]) -> str:
+    """Hooks the floor lacks (no empty program of their kind): the ratio then includes their dispatch."""
+    missing = [str(h) for h in hooks if h.kind not in EMPTY_KIND]
+    return f" (no empty program on {', '.join(missing)}: not in the floor)" if missing else ""
+
+
+def per_rep_ratios(num: list[float], den: list[float]) -> list[float]:
+    return [n / d for n, d in zip(num, den)]
+
+
+def arms_of(programs) -> list[tuple[str, str, list[Hook], tuple[str, ...], tuple[str, ...]]]:
+    """(name, state, hooks of the floor, programs of the agent, measures) of each arm, in order."""
+    default_hooks = hooks_of(DEFAULT_PROGRAMS)
+    arms = [("off", "off", [], (), ("tput", "rr")),
+            ("floor", "floor", default_hooks, (), ("tput", "rr")),
+            ("on", "on", default_hooks, DEFAULT_PROGRAMS, ("tput", "rr"))]
+    for p in programs:
+        hooks = hooks_of([p])
+        arms += [(f"floor:{p}", "floor", hooks, (), ("rr",)), (f"on:{p}", "on", hooks, (p,), ("rr",))]
+    return arms
+
+
 def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
-    runs = {state: {"tput": [], "rr": []} for state in ARMS}
-    others = []  # BPF programs of others on the path, per run
-    hooks = agent_hooks()
-    with Lab(["client", "server"], prefix="npv") as lab:
-        client, server = lab.pods["client"], lab.pods["server"]
-        _, server_ip = lab.link("client", "server")
-        resolver = lab.write_static_resolver(workdir / "pods-veth.yaml", {
-            "client": ("bench", "client-1", "client"), "server": ("bench", "server-1", "server")})
-        start_iperf3_server(server)
-        start_sockperf_server(server, server_ip)
-        log(f"client -> server through one veth pair ({server_ip}); floor arm: an empty program on "
-            f"each of the agent's {len(hooks)} hooks ({', '.join(f'{t} ({k})' for k, t in hooks)})")
-        log("warm-up (discarded)")
-        iperf3_bits_per_second(client, server_ip, 1)
-        sockperf_pingpong(client, server_ip, 1)
-        for rep in range(1, reps + 1):
-            for state in ARMS:
-                with arm(state, workdir, resolver, f"veth-{rep}", hooks) as mine:
-                    # this process's own programs (the floor arm's) are not others'
-                    others.append(bpf_programs_on_path(exclude=mine | prog_ids_of(os.getpid())))
-                    tput = iperf3_bits_per_second(client, server_ip, seconds)
-                    rr = sockperf_pingpong(client, server_ip, seconds)
-                runs[state]["tput"].append(tput)
-                runs[state]["rr"].append(rr)
-                log(f"run {rep} {state:<5}: {tput / 1e9:.2f} Gbit/s, {rr:,.0f} round trips/s "
-                    f"({others[-1]} BPF programs of others loaded)")
+    from node_agent.programs import CATALOGUE
 
-    def ratio(measure, state="on"):
-        return statistics.median(runs[state][measure]) / statistics.median(runs["off"][measure])
+    arms = arms_of(CATALOGUE)
+    runs = {name: {"tput": [], "rr": []} for name, *_ in arms}
+    others = []  # BPF programs of others on the path, per arm
+    started = time.monotonic()
+    empty = EmptyPrograms([h for _, _, hooks, _, _ in arms for h in hooks])   # compiled once, attached per arm
+    try:
+        with Lab(["client", "server"], prefix="npv") as lab:
+            client, server = lab.pods["client"], lab.pods["server"]
+            _, server_ip = lab.link("client", "server")
+            resolver = lab.write_static_resolver(workdir / "pods-veth.yaml", {
+                "client": ("bench", "client-1", "client"), "server": ("bench", "server-1", "server")})
+            start_iperf3_server(server)
+            start_sockperf_server(server, server_ip)
+            log(f"client -> server through one veth pair ({server_ip}); default set {', '.join(DEFAULT_PROGRAMS)} "
+                f"on {len(arms[1][2])} hooks: {', '.join(map(str, arms[1][2]))}")
+            log("warm-up (discarded)")
+            iperf3_bits_per_second(client, server_ip, 1)
+            sockperf_pingpong(client, server_ip, 1)
+            for rep in range(1, reps + 1):
+                for name, state, hooks, programs, measures in arms:
+                    tag = f"veth-{rep}-{name.replace(':', '-')}"
+                    with arm(state, workdir, resolver, tag, hooks, programs, empty) as mine:
+                        # this process's own programs (the floor arm's) are not others'
+                        others.append(bpf_programs_on_path(exclude=mine | prog_ids_of(os.getpid())))
+                        if "tput" in measures:
+                            runs[name]["tput"].append(iperf3_bits_per_second(client, server_ip, seconds))
+                        runs[name]["rr"].append(sockperf_pingpong(client, server_ip, seconds))
+                    tput = f"{runs[name]['tput'][-1] / 1e9:5.2f} Gbit/s, " if "tput" in measures else ""
+                    log(f"run {rep} {name:<20}: {tput}{runs[name]['rr'][-1]:>8,.0f} round trips/s "
+                        f"({others[-1]} BPF programs of others loaded)")
+                log(f"repetition {rep} of {reps} done after {time.monotonic() - started:.0f}s")
+    finally:
+        empty.cleanup()
+    return _figures(runs, others, seconds, reps, arms)
 
-    gbit = {s: [v / 1e9 for v in runs[s]["tput"]] for s in runs}
-    how = f"{seconds:g}s x {reps} per arm, interleaved off/floor/on; {min(others)}-{max(others)} " \
+
+def _figures(runs, others, seconds, reps, arms) -> list[Figure]:
+    default_hooks = arms[1][2]
+    program_hooks = {programs[0]: hooks for name, _, hooks, programs, _ in arms if name.startswith("on:")}
+
+    def median(arm_name, measure):
+        return statistics.median(runs[arm_name][measure])
+
+    gbit = {a: [v / 1e9 for v in runs[a]["tput"]] for a in ("off", "floor", "on")}
+    how = f"{seconds:g}s x {reps}, arms in turn in each repetition; {min(others)}-{max(others)} " \
           "BPF programs of others were loaded"
-    floor_how = f"empty programs on the agent's {len(hooks)} hooks (same kinds) / off: this machine's ceiling"
-    return [
-        Figure(NAME, "TCP stream throughput, agent off", statistics.median(gbit["off"]), "Gbit/s",
-               detail=spread(gbit["off"])),
-        Figure(NAME, "TCP stream throughput, empty programs", statistics.median(gbit["floor"]), "Gbit/s",
-               detail=spread(gbit["floor"])),
-        Figure(NAME, "TCP stream throughput, agent on", statistics.median(gbit["on"]), "Gbit/s",
-               detail=spread(gbit["on"])),
-        Figure(NAME, "throughput floor/off", ratio("tput", "floor"), "ratio", detail=floor_how),
-        Figure(NAME, "throughput on/off", ratio("tput"), "ratio", f">= {TARGET_THROUGHPUT_RATIO}",
-               f"iperf3, 1 stream; {how}"),
-        Figure(NAME, "TCP request/response, agent off", statistics.median(runs["off"]["rr"]), "rt/s",
-               detail=spread(runs["off"]["rr"], "{:,.0f}")),
-        Figure(NAME, "TCP request/response, empty programs", statistics.median(runs["floor"]["rr"]), "rt/s",
-               detail=spread(runs["floor"]["rr"], "{:,.0f}")),
-        Figure(NAME, "TCP request/response, agent on", statistics.median(runs["on"]["rr"]), "rt/s",
-               detail=spread(runs["on"]["rr"], "{:,.0f}")),
-        Figure(NAME, "request/response floor/off", ratio("rr", "floor"), "ratio", detail=floor_how),
-        Figure(NAME, "request/response on/off", ratio("rr"), "ratio", f">= {TARGET_RR_RATIO}",
-               f"sockperf ping-pong, 64 B, 1 connection; {how}"),
-    ]
+    hooks_note = f"{len(default_hooks)} hooks of {', '.join(DEFAULT_PROGRAMS)}" + missing_note(default_hooks)
+    figures = []
+    for measure, what, unit, values, fmt, target, tool in (
+            ("tput", "TCP stream throughput", "Gbit/s", gbit, "{:.3g}", TARGET_THROUGHPUT_RATIO, "iperf3, 1 stream"),
+            ("rr", "TCP request/response", "rt/s", {a: runs[a]["rr"] for a in ("off", "floor", "on")}, "{:,.0f}",
+             TARGET_RR_RATIO, "sockperf ping-pong, 64 B, 1 connection")):
+        figures += [
+            Figure(NAME, f"{what}, agent off", statistics.median(values["off"]), unit, detail=spread(values["off"], fmt)),
+            Figure(NAME, f"{what}, empty programs", statistics.median(values["floor"]), unit,
+                   detail=f"on the {hooks_note}; " + spread(values["floor"], fmt)),
+            Figure(NAME, f"{what}, agent on", statistics.median(values["on"]), unit,
+                   detail=f"{', '.join(DEFAULT_PROGRAMS)}; " + spread(values["on"], fmt)),
+        ]
+        on_floor = per_rep_ratios(runs["on"][measure], runs["floor"][measure])
+        floor_off = per_rep_ratios(runs["floor"][measure], runs["off"][measure])
+        on_off = per_rep_ratios(runs["on"][measure], runs["off"][measure])
+        figures += [
+            Figure(NAME, f"{what.split()[-1]} floor/off", statistics.median(floor_off), "ratio",
+                   detail="empty programs / nothing: what the hooks cost here; " + spread(floor_off)),
+            Figure(NAME, f"{what.split()[-1]} on/off", statistics.median(on_off), "ratio",
+                   detail="context; " + spread(on_off)),
+            Figure(NAME, f"{what.split()[-1]} on/empty programs", statistics.median(on_floor), "ratio",
+                   f">= {target}", f"{tool}; the agent's own work; {spread(on_floor)}; {how}"),
+        ]
+    for p, hooks in program_hooks.items():
+        ratios = per_rep_ratios(runs[f"on:{p}"]["rr"], runs[f"floor:{p}"]["rr"])
+        figures.append(Figure(
+            NAME, f"request/response, {p} alone/its empty programs", statistics.median(ratios), "ratio",
+            detail=(f"{median(f'on:{p}', 'rr'):,.0f} vs {median(f'floor:{p}', 'rr'):,.0f} rt/s "
+                    f"(off {median('off', 'rr'):,.0f}) on {', '.join(map(str, hooks))}{missing_note(hooks)}; "
+                    f"{spread(ratios)}")))
+    return figures

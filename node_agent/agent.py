@@ -90,7 +90,7 @@ class Agent:
                                           **self._security_kv(self.config)}})
         self.state.configured = dict(self.config.programs)
         self.manager.apply(self.config.configured())
-        release_compiler_memory()
+        self._release_compiler_memory()
         self._report_programs()
         self._started = True
         loaded = {i.name: i.attach for i in self.manager.running()}
@@ -99,6 +99,16 @@ class Agent:
 
     def _report_programs(self) -> None:
         self.reporter.report(self.manager.failed(), [i.name for i in self.manager.running()])
+
+    def _release_compiler_memory(self) -> None:
+        """One collection first (not served): it fills what scrapes cache from
+        the kernel's BTF (drop reason names, bpf_prog_info offsets) while the
+        BTF is still parsed; then the compile's memory goes (runtime/memory.py)."""
+        try:
+            self.collector.families()
+        except Exception as e:   # a scrape will say so again; memory is released anyway
+            log.warning("warm-up collection failed", extra={"kv": {"error": str(e)}})
+        release_compiler_memory()
 
     def _start_resolver(self, config: AgentConfig):
         try:
@@ -191,7 +201,7 @@ class Agent:
         self._apply_labels(new)
         self.state.configured = dict(new.programs)
         self.manager.apply(new.configured())
-        release_compiler_memory()
+        self._release_compiler_memory()
         self._report_programs()
         self.config = new
         self.state.config_reloads += 1

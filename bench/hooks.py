@@ -1,0 +1,160 @@
+"""The hooks the agent's programs take on this kernel, and empty programs on them.
+
+Everything here is derived from the agent's own catalogue
+(node_agent.programs.CATALOGUE) and the running kernel: which strategy each
+program gets (its first whose requirements the kernel meets, as the agent
+chooses), which hooks that strategy attaches, and how often a hook fires.
+"""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+# Issue 14's "default program set": the four TCP/latency programs, what the
+# request/response and throughput targets are stated for.
+DEFAULT_PROGRAMS = ("tcp_retransmit", "tcp_connections", "tcp_rtt", "rx_latency")
+
+# Kinds an empty program can be put on, by the kind of the agent's hook: the
+# same kind, except tp_btf (BTF-typed raw tracepoint), whose programs the
+# kernel runs as it runs a raw tracepoint's (bpf_trace_run), so an empty raw
+# tracepoint program is its floor.
+EMPTY_KIND = {"tracepoint": "tracepoint", "raw_tracepoint": "raw_tracepoint", "tp_btf": "raw_tracepoint",
+              "kprobe": "kprobe"}
+
+
+@dataclass(frozen=True)
+class Hook:
+    kind: str      # as the catalogue says: tracepoint, raw_tracepoint, kprobe, ...
+    target: str    # "category:event" or a kernel function
+
+    def __str__(self) -> str:
+        return f"{self.target} ({self.kind})"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One BPF function of a program as the agent loads it on this kernel."""
+    program: str
+    fn: str
+    hook: Hook
+
+
+def loaded_functions(programs=None) -> list[Loaded]:
+    """Every BPF function the agent attaches for `programs` (default: the
+    whole catalogue), with its hook: per program, the first candidate strategy
+    (default options) whose requirements this kernel meets."""
+    from node_agent.kernel.features import KernelFeatures
+    from node_agent.programs import CATALOGUE
+
+    features, out = KernelFeatures(), []
+    for name in programs or CATALOGUE:
+        spec = CATALOGUE[name]
+        usable = [s for s in spec.candidate_strategies(spec.defaults()) if not features.unmet(s)]
+        for attach in usable[0].attachments if usable else ():
+            out.append(Loaded(name, attach.fn, Hook(attach.kind, attach.target)))
+    return out
+
+
+def hooks_of(programs=None) -> list[Hook]:
+    """The distinct hooks of `programs`, in catalogue order."""
+    hooks: list[Hook] = []
+    for f in loaded_functions(programs):
+        if f.hook not in hooks:
+            hooks.append(f.hook)
+    return hooks
+
+
+@lru_cache(maxsize=None)
+def grain(hook: Hook) -> str | None:
+    """"packet" if the hook fires per packet, "connection" if per connection
+    event, None if unknown. Read from the kernel's description of the event:
+    a tracepoint whose record carries an sk_buff (`skbaddr`) fires for a
+    packet (received, sent, copied, dropped, retransmitted, probed); one that
+    carries only a socket (`skaddr`: state changes, resets received) fires
+    per connection. For kprobes (no tracepoint record) it is unknown."""
+    from node_agent.kernel.features import KernelFeatures
+
+    if ":" not in hook.target:
+        return None
+    features = KernelFeatures()
+    if not features.tracepoint(hook.target):
+        return None
+    return "packet" if features.tracepoint_field(hook.target, "skbaddr") else "connection"
+
+
+def prog_id_of_fd(fd: int, pid: int | str = "self") -> int | None:
+    m = re.search(r"^prog_id:\s+(\d+)", Path(f"/proc/{pid}/fdinfo/{fd}").read_text(), flags=re.M)
+    return int(m.group(1)) if m else None
+
+
+class EmptyPrograms:
+    """An empty BPF program for each of `hooks`, of the same kind (EMPTY_KIND),
+    compiled and loaded in this process once, attached to any subset of them
+    by attached(): what any program on those hooks costs here. One program
+    per hook, as the agent has (one program on several hooks would be skipped
+    whenever it nests in itself, and look cheaper than it is). `ids` maps each
+    hook to its program's id; hooks of a kind with no empty counterpart (not
+    in EMPTY_KIND) are left out and listed in `skipped`."""
+
+    _PROG_TYPES = {"raw_tracepoint": "RAW_TRACEPOINT", "tracepoint": "TRACEPOINT", "kprobe": "KPROBE"}
+
+    def __init__(self, hooks: list[Hook]):
+        from bcc import BPF
+
+        from node_agent.kernel.headers import find_kernel_headers
+
+        find_kernel_headers(set_env=True)   # BCC_KERNEL_SOURCE, as the agent does
+        self.skipped = [h for h in dict.fromkeys(hooks) if h.kind not in EMPTY_KIND]
+        self.hooks = [h for h in dict.fromkeys(hooks) if h.kind in EMPTY_KIND]
+        self.fns = {hook: f"empty_{i}" for i, hook in enumerate(self.hooks)}
+        self.bpf = BPF(text="".join(f"int {fn}(void *ctx) {{ return 0; }}\n" for fn in self.fns.values()))
+        try:
+            self.ids = {hook: prog_id_of_fd(self.bpf.load_func(
+                fn, getattr(BPF, self._PROG_TYPES[EMPTY_KIND[hook.kind]])).fd) for hook, fn in self.fns.items()}
+        except Exception:
+            self.bpf.cleanup()
+            raise
+
+    @contextmanager
+    def attached(self, hooks: list[Hook]):
+        """The empty programs of `hooks` attached for the block; yields their ids."""
+        done = []
+        try:
+            for hook in (h for h in dict.fromkeys(hooks) if h in self.fns):
+                fn, kind = self.fns[hook], EMPTY_KIND[hook.kind]
+                if kind == "raw_tracepoint":
+                    self.bpf.attach_raw_tracepoint(tp=hook.target.split(":", 1)[1], fn_name=fn)
+                elif kind == "tracepoint":
+                    self.bpf.attach_tracepoint(tp=hook.target, fn_name=fn)
+                else:
+                    self.bpf.attach_kprobe(event=hook.target, fn_name=fn)
+                done.append(hook)
+            yield {self.ids[h] for h in done}
+        finally:
+            for hook in reversed(done):
+                kind = EMPTY_KIND[hook.kind]
+                if kind == "raw_tracepoint":
+                    self.bpf.detach_raw_tracepoint(tp=hook.target.split(":", 1)[1])
+                elif kind == "tracepoint":
+                    self.bpf.detach_tracepoint(tp=hook.target)
+                else:
+                    self.bpf.detach_kprobe(event=hook.target)
+
+    def cleanup(self) -> None:
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+
+@contextmanager
+def empty_programs_on(hooks: list[Hook]):
+    """EmptyPrograms on `hooks`, attached for the block."""
+    empty = EmptyPrograms(hooks)
+    try:
+        with empty.attached(hooks):
+            yield empty
+    finally:
+        empty.cleanup()

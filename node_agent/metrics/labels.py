@@ -12,9 +12,6 @@ each distinct address once.
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import struct
 import threading
 import time
 
@@ -52,53 +49,13 @@ class NodeAddresses:
     @staticmethod
     def _read() -> frozenset:
         try:
-            return frozenset(normalize_ip(a) for a in interface_addresses())
+            from pyroute2 import IPRoute
+            with IPRoute() as ipr:
+                return frozenset(normalize_ip(a.get_attr("IFA_ADDRESS") or a.get_attr("IFA_LOCAL"))
+                                 for a in ipr.get_addr())
         except Exception as e:   # never fail a scrape over this
             log.warning("cannot list node addresses", extra={"kv": {"error": str(e)}})
             return frozenset()
-
-
-# rtnetlink (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h)
-_NLMSG_ERROR, _NLMSG_DONE, _RTM_NEWADDR, _RTM_GETADDR = 2, 3, 20, 22
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_IFA_ADDRESS, _IFA_LOCAL = 1, 2
-_NLMSGHDR, _IFADDRMSG, _RTATTR = struct.Struct("=IHHII"), struct.Struct("=BBBBI"), struct.Struct("=HH")
-
-
-def interface_addresses() -> list[str]:
-    """Every address of every interface in this network namespace: one
-    RTM_GETADDR dump over rtnetlink (IFA_ADDRESS, else IFA_LOCAL, as `ip addr`
-    shows them). A plain socket: a netlink library costs the agent ~10 MiB."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
-        s.settimeout(5)
-        s.bind((0, 0))
-        body = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
-        out = []
-        while True:
-            data, at = s.recv(1 << 16), 0
-            while at + _NLMSGHDR.size <= len(data):
-                length, kind = _NLMSGHDR.unpack_from(data, at)[:2]
-                if length < _NLMSGHDR.size:
-                    raise OSError("malformed netlink message")
-                if kind == _NLMSG_DONE:
-                    return out
-                if kind == _NLMSG_ERROR:
-                    errno = -struct.unpack_from("=i", data, at + _NLMSGHDR.size)[0]
-                    raise OSError(errno, os.strerror(errno))
-                if kind == _RTM_NEWADDR:
-                    family = data[at + _NLMSGHDR.size]
-                    attrs, pos, end = {}, at + _NLMSGHDR.size + _IFADDRMSG.size, at + length
-                    while pos + _RTATTR.size <= end:
-                        rta_len, rta_type = _RTATTR.unpack_from(data, pos)
-                        if rta_len < _RTATTR.size:
-                            break
-                        attrs[rta_type] = data[pos + _RTATTR.size:pos + rta_len]
-                        pos += (rta_len + 3) & ~3
-                    raw = attrs.get(_IFA_ADDRESS) or attrs.get(_IFA_LOCAL)
-                    if raw and family in (socket.AF_INET, socket.AF_INET6):
-                        out.append(socket.inet_ntop(family, raw))
-                at += (length + 3) & ~3
 
 
 class LabelScope:

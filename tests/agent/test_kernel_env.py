@@ -252,31 +252,3 @@ def test_doctor_fails_when_nothing_can_load():
     assert proc.returncode == 1, proc.stdout
     assert "can load: no (missing capabilities)" in proc.stdout
 
-
-# ---------------------------------------------------------------- node addresses
-
-_LIST_ADDRESSES = "import json; from node_agent.metrics.labels import interface_addresses; " \
-                  "print(json.dumps(interface_addresses()))"
-
-
-def test_node_addresses_are_what_ip_addr_lists():
-    """The agent's own rtnetlink dump (an address of the node: `host`, else
-    `external`) against iproute2, in a namespace of known addresses: IPv4,
-    IPv6, loopback, a /31 link and a point-to-point address (IFA_ADDRESS is
-    the peer's there, as `ip addr` shows it)."""
-    import ipaddress
-    import json
-
-    from netprobe_testbed.netns import Lab
-
-    need_root()
-    with Lab(["a", "b"], prefix="npa") as lab:
-        ip_a, _ = lab.link("a", "b")
-        pod = lab.pods["a"]
-        pod.run(["ip", "addr", "add", "10.79.0.1", "peer", "10.79.0.2/32", "dev", "eth0"])
-        got = json.loads(pod.run([sys.executable, "-c", _LIST_ADDRESSES]).stdout)
-        shown = json.loads(pod.run(["ip", "-j", "addr"]).stdout)
-    want = [a.get("address") or a["local"] for i in shown for a in i.get("addr_info", [])]
-    assert sorted(got) == sorted(want)
-    assert {ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", pod.ip4, pod.ip6, ip_a, "10.79.0.2")} <= \
-        {ipaddress.ip_address(a) for a in got}

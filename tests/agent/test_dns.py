@@ -303,6 +303,33 @@ def test_malformed_packets_are_counted_and_good_queries_still_count(lab, agent):
     assert after.value("netprobe_map_update_failures_total", program="dns") == 0
 
 
+def test_with_exactly_the_daemonsets_capabilities_for_dns_tcp_dns_counts_exactly(lab, agent_factory, tmp_path):
+    """The operator renders SYSLOG into the DaemonSet when dns is selected
+    (daemonset_capabilities): with exactly that set, and nothing else, the
+    program finds the kernel's memory layout and counts TCP DNS like UDP."""
+    from node_agent.kernel.features import CAPABILITY_NAMES, daemonset_capabilities
+    granted = daemonset_capabilities(["dns"])
+    assert "SYSLOG" in granted and "SYS_ADMIN" not in granted
+    drop = ",".join(f"cap_{c.lower()}" for c in CAPABILITY_NAMES if c not in granted)
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    agent = agent_factory({"dns": {"timeout_ms": TIMEOUT_MS}}, pods,
+                          prefix=["capsh", f"--drop={drop}", "--", "-c", 'exec "$0" "$@"']).start()
+    status = Path(f"/proc/{agent.proc.pid}/status").read_text()
+    cap_eff = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+    assert {name for bit, name in enumerate(CAPABILITY_NAMES) if cap_eff >> bit & 1} == set(granted)
+    assert "TCP DNS payload in page fragments will not be read" not in agent.log_path.read_text()
+    before = agent.scrape()
+    for family in FAMILIES:
+        assert dig(lab, "m", family, [("t1.ok.test", "A"), ("t2.ok.test", "AAAA"), ("nx.test", "A")], "tcp") == \
+            ["NOERROR", "NOERROR", "NXDOMAIN"]
+    after = agent.scrape()
+    m = labels("m", transport="tcp")
+    assert {q: delta(after, before, QUERIES, qtype=q, **m) for q in ("A", "AAAA")} == {"A": 4, "AAAA": 2}
+    assert {r: delta(after, before, RESPONSES, rcode=r, **m) for r in ("NOERROR", "NXDOMAIN")} == \
+        {"NOERROR": 4, "NXDOMAIN": 2}
+    assert delta(after, before, "netprobe_program_discarded_events_total", program="dns", reason="unreadable") == 0
+
+
 def test_without_the_kernel_layout_tcp_payload_is_unreadable_not_malformed(lab, agent_factory, tmp_path):
     """Without CAP_SYSLOG kallsyms hides addresses: the program cannot find the
     pages TCP keeps its payload in. Those queries are counted as unreadable

@@ -199,7 +199,7 @@ SPEC = ProgramSpec(
         attach_option("net_dev_start_xmit and netif_receive_skb (the same counts either way)"),
         max_entries_option(8192),
         Option("pending_entries", int, 16384,
-               "queries awaiting a response that can be tracked at once (56 bytes each); a query that finds "
+               "queries awaiting a response that can be tracked at once (64 bytes each); a query that finds "
                "the table full is counted (netprobe_map_update_failures_total{map=\"pending\"}) and never "
                "gets a response or timeout",
                min=64, max=1 << 20, define="NP_PENDING_ENTRIES"),

@@ -105,42 +105,44 @@ def qname_label(wire: bytes) -> str:
     return ".".join(labels) or "."
 
 
-# The label of each query-name hash (the keys of the program's qnames map);
-# 0 is every name past the cap. Read from the running instance at each scrape
-# (read_query_names); an agent runs one dns instance at a time.
-_query_names: dict[int, str] = {0: "other"}
-_query_names_of: list[int] = [0]       # id() of the instance the names were read from
+class QueryNames(dict):
+    """Query-name hash (the key field qname) -> label; 0 is every name past
+    the cap. A hash not known yet is read from the running instance's qnames
+    map when a key first carries it (the labeler's get), so a name the kernel
+    kept after the scrape began is labelled in that same scrape. An agent
+    runs one dns instance at a time; a new instance starts a new table."""
+
+    def __init__(self):
+        super().__init__({0: "other"})
+        self.inst = None
+
+    def use(self, inst) -> None:
+        if inst is not self.inst:
+            self.clear()
+            self[0] = "other"
+            self.inst = inst
+
+    def get(self, key, default=None):
+        if key in self:
+            return self[key]
+        if self.inst is None or not self.inst.options["query_names"]:
+            return default
+        qnames = self.inst.table("qnames")
+        try:
+            text = qnames[qnames.Key(key)].bytes
+        except KeyError:
+            return default
+        self[key] = qname_label(bytes(text))
+        return self[key]
 
 
-def query_name_labels() -> dict[int, str]:
-    return _query_names
-
-
-QNAME = Code("qname", "qname", query_name_labels)
-
-
-def read_query_names(inst) -> None:
-    """Names the program kept since the last scrape (it never deletes one:
-    once query_names are known, nothing is read any more)."""
-    if _query_names_of[0] != id(inst):
-        _query_names.clear()
-        _query_names[0] = "other"
-        _query_names_of[0] = id(inst)
-    cap = inst.options["query_names"]
-    if not cap or len(_query_names) > cap:
-        return
-    qnames = inst.table("qnames")
-    for key in qnames.keys():
-        if key.value not in _query_names:
-            try:
-                _query_names[key.value] = qname_label(bytes(qnames[key].bytes))
-            except KeyError:
-                pass
+_query_names = QueryNames()
+QNAME = Code("qname", "qname", lambda: _query_names)
 
 
 def before_scrape(inst) -> None:
     expire_pending(inst)
-    read_query_names(inst)
+    _query_names.use(inst)
 
 
 def expire_pending(inst) -> None:

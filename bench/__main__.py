@@ -11,10 +11,10 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import agent_resources, kernel_cost, metrics_render, veth_overhead
+from bench import agent_resources, dns_flood, kernel_cost, metrics_render, veth_overhead
 from bench.common import Figure, machine_state
 
-BENCHMARKS = {m.NAME: m for m in (kernel_cost, veth_overhead, agent_resources, metrics_render)}
+BENCHMARKS = {m.NAME: m for m in (kernel_cost, veth_overhead, agent_resources, metrics_render, dns_flood)}
 
 
 def _value(f: Figure) -> str:

@@ -39,6 +39,14 @@
  * a query or a name that does not fit are counted as malformed. A payload
  * the program cannot reach is counted as unreadable (a discard), not malformed.
  *
+ * Query names (NP_QUERY_NAMES > 0, the `query_names` option): the question
+ * name, lowercased, is hashed (FNV-1a 64 over at most 256 bytes) and kept
+ * with its bytes in qname_ids, a plain hash of NP_QUERY_NAMES entries, by
+ * the first query that carries it: the map's size is the per-node cap, and
+ * an insert into the full map fails, so the first NP_QUERY_NAMES distinct
+ * names are kept and every later one counts as hash 0 (`other`). The name_*
+ * maps count by the hash: the per-name families, beside the unnamed ones.
+ *
  * TCP: the segment's payload must start with a message (2-byte length,
  * then the header); only the first message of a segment is read. Payload in
  * page fragments (what TCP sends) is read from the first fragment's page.
@@ -78,6 +86,8 @@ static __always_inline u64 np_kernel_u64(u64 addr)
 #define DNS_MAX_NAME 255
 #define DNS_MAX_LABELS 128          /* 255 bytes hold at most 127 labels and the root */
 #define DNS_READ (2 + DNS_HEADER + DNS_MAX_NAME + 4 + 8)   /* TCP length, header, name, qtype/qclass, slack */
+
+#define DNS_NAME_BYTES 256          /* what qnames keeps of a name: all of it (255 + the end) */
 
 /* ERR_* (np_map_errors slots), TRANSPORT_*, KIND_* come from node_agent/programs/dns.py. */
 
@@ -121,9 +131,33 @@ struct pending_key {
 
 struct pending_value {
     u64 started_ns;
+    u64 qname;                  /* the name's hash in qname_ids (0: other, or names off) */
     u16 qtype;
     u16 pad1;
     u32 pad2;
+};
+
+/* The per-name families: the query's name index instead of the transport. */
+struct name_query_key {
+    struct np_addr_pair pair;
+    u64 qname;
+    u16 qtype;
+    u8 pad;                     /* timeouts: 0 written here, 1 by the agent's sweep */
+    u8 pad1;
+    u32 pad2;
+};
+
+struct name_response_key {
+    struct np_addr_pair pair;
+    u64 qname;
+    u16 qtype;
+    u8 rcode;
+    u8 pad1;
+    u32 pad2;
+};
+
+struct qname_text {
+    u8 bytes[DNS_NAME_BYTES];   /* the name as first sent (wire format: length-prefixed labels) */
 };
 
 BPF_TABLE("lru_percpu_hash", struct query_key, u64, queries, NP_MAX_ENTRIES);
@@ -134,9 +168,23 @@ BPF_TABLE("lru_percpu_hash", struct latency_key, struct np_hist_value, latency_u
 BPF_TABLE("lru_percpu_hash", struct malformed_key, u64, malformed, NP_MAX_ENTRIES);
 BPF_TABLE("hash", struct pending_key, struct pending_value, pending, NP_PENDING_ENTRIES);
 
+#if NP_QUERY_NAMES
+BPF_TABLE("lru_percpu_hash", struct name_query_key, u64, name_queries, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct name_query_key, u64, name_timeouts, NP_MAX_ENTRIES);
+BPF_TABLE("lru_percpu_hash", struct name_response_key, u64, name_responses, NP_MAX_ENTRIES);
+BPF_TABLE("hash", u64, struct qname_text, qnames, NP_QUERY_NAMES);  /* the cap: a full map refuses new names */
+BPF_ARRAY(qnames_full, u32, 1);     /* 1 once an insert found qnames full: later names skip the attempt */
+#else
+/* names off: the families exist, empty; nothing allocated until written (never) */
+BPF_F_TABLE("percpu_hash", struct name_query_key, u64, name_queries, NP_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("percpu_hash", struct name_query_key, u64, name_timeouts, NP_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("percpu_hash", struct name_response_key, u64, name_responses, NP_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+#endif
+
 /* Scratch for the copy of a message's start (too big for the stack). */
 struct scratch_buf {
-    u8 bytes[1024];             /* DNS_READ used; the rest lets a masked index (& 0x1ff) pass the verifier */
+    u8 bytes[1024];             /* DNS_READ used; the rest lets a masked index (& 0x1ff) pass the verifier;
+                                 * 512..767: a query name on its way into qnames; 800: the name walk's state */
 };
 BPF_PERCPU_ARRAY(scratch, struct scratch_buf, 1);
 
@@ -320,11 +368,13 @@ struct dns_message {
     u16 flags;
     u16 qtype;
     u8 malformed;
+    u8 pointer;                 /* the question name ends in a compression pointer */
+    u64 qname;                  /* with NP_QUERY_NAMES: the name's hash (never 0) */
 };
 
 /* The message in buf (len bytes copied, msg_len the message's own length):
  * header fields; for a query also the question's qtype (bounded label walk). */
-static __always_inline int parse_message(const u8 *buf, u32 len, u32 msg_len, int want_qtype, struct dns_message *m)
+static __always_inline int parse_message(u8 *buf, u32 len, u32 msg_len, int want_qtype, struct dns_message *m)
 {
     if (msg_len < DNS_HEADER || len < DNS_HEADER) {
         m->malformed = 1;
@@ -342,6 +392,43 @@ static __always_inline int parse_message(const u8 *buf, u32 len, u32 msg_len, in
     u32 off = DNS_HEADER;
     u32 end = msg_len < len ? msg_len : len;
     int done = 0;
+#if NP_QUERY_NAMES
+    /* byte by byte, hashing the name as it goes (one loop: a label walk and a
+     * hash loop after it are too many states for the verifier) */
+    /* where the next length byte is: kept in the scratch (a map value), whose
+     * reads the verifier knows nothing about, so the states of all iterations
+     * look alike and are pruned (a tracked range differs with each label) */
+    u32 *next = (u32 *)(buf + 800);
+    *next = DNS_HEADER;
+    u64 h = 0xcbf29ce484222325ULL;                      /* FNV-1a 64 of the lowercased name */
+#pragma clang loop unroll(disable)
+    for (u32 at = DNS_HEADER; at <= DNS_HEADER + DNS_MAX_NAME && !done; at++) {
+        if (at >= end) {
+            m->malformed = 1;
+            return 0;
+        }
+        u8 c = buf[np_index(at)];
+        if (at == *next) {
+            if (c == 0) {
+                off = at + 1;
+                done = 1;
+            } else if ((c & 0xc0) == 0xc0) {            /* compression pointer: ends the name */
+                off = at + 2;
+                done = 1;
+                m->pointer = 1;
+            } else if (c & 0xc0) {                      /* reserved label types */
+                m->malformed = 1;
+                return 0;
+            } else {
+                *next = at + c + 1;
+            }
+        } else if (c >= 'A' && c <= 'Z') {              /* names are case-insensitive (RFC 4343) */
+            c |= 0x20;
+        }
+        h = (h ^ c) * 0x100000001b3ULL;
+    }
+    m->qname = h | !h;                                  /* 0 is other */
+#else
 #pragma clang loop unroll(disable)
     for (int i = 0; i < DNS_MAX_LABELS && !done; i++) {
         if (off >= end || off > DNS_HEADER + DNS_MAX_NAME) {
@@ -355,6 +442,7 @@ static __always_inline int parse_message(const u8 *buf, u32 len, u32 msg_len, in
         } else if ((label & 0xc0) == 0xc0) {            /* compression pointer: ends the name */
             off += 2;
             done = 1;
+            m->pointer = 1;
         } else if (label & 0xc0) {                      /* reserved label types */
             m->malformed = 1;
             return 0;
@@ -362,6 +450,7 @@ static __always_inline int parse_message(const u8 *buf, u32 len, u32 msg_len, in
             off += label + 1;
         }
     }
+#endif
     if (!done || off + 4 > end || off + 2 > DNS_READ) {
         m->malformed = 1;
         return 0;
@@ -383,7 +472,7 @@ static __always_inline void count_malformed(const u8 *local, const u8 *remote, u
         np_map_error(ERR_MALFORMED);
 }
 
-static __always_inline void count_timeout(const struct pending_key *pk, u16 qtype)
+static __always_inline void count_timeout(const struct pending_key *pk, u16 qtype, u64 qname)
 {
     struct query_key key = {.pair = pk->pair, .qtype = qtype, .transport = pk->transport};
     u64 zero = 0, *count = timeouts.lookup_or_try_init(&key, &zero);
@@ -391,16 +480,54 @@ static __always_inline void count_timeout(const struct pending_key *pk, u16 qtyp
         (*count)++;
     else
         np_map_error(ERR_TIMEOUTS);
+#if NP_QUERY_NAMES
+    struct name_query_key nk = {.pair = pk->pair, .qtype = qtype, .qname = qname};
+    count = name_timeouts.lookup_or_try_init(&nk, &zero);
+    if (count)
+        (*count)++;
+    else
+        np_map_error(ERR_NAME_TIMEOUTS);
+#endif
 }
+
+#if NP_QUERY_NAMES
+#define NP_EEXIST 17
+/* The question name's hash (the qname of the name_* keys): kept in qnames
+ * with the name's bytes by the first query that carries it, while qnames
+ * has room; 0 (other) for a name that finds it full, and for a name ending
+ * in a compression pointer (whose rest this program does not follow). */
+static __always_inline u64 qname_of(const u8 *msg, const struct dns_message *m)
+{
+    if (m->pointer)
+        return 0;
+    u64 h = m->qname;
+    if (qnames.lookup(&h))
+        return h;
+    u32 zero = 0, *full = qnames_full.lookup(&zero);
+    u8 *buf = (u8 *)scratch.lookup(&zero);
+    if (!full || *full || !buf)
+        return 0;
+    /* the value from the scratch's unused half (too big for the stack); the
+     * kernel copies it in with the key, so a reader never sees half a name */
+    u8 *text = buf + 512;
+    bpf_probe_read_kernel(text, DNS_NAME_BYTES, msg + DNS_HEADER);
+    long err = qnames.insert(&h, (struct qname_text *)text);
+    if (err == 0 || err == -NP_EEXIST)                  /* EEXIST: another CPU kept it first */
+        return h;
+    *full = 1;                                          /* E2BIG: the cap is reached */
+    return 0;
+}
+#endif
 
 /* The message of a DNS packet: copied and parsed; for TCP after its length. */
 static __always_inline int read_message(const struct skb_fields *f, const struct dns_packet *p, int query,
-                                        struct dns_message *m)
+                                        struct dns_message *m, const u8 **msg)
 {
     u32 zero = 0;
     u8 *buf = (u8 *)scratch.lookup(&zero);
     if (!buf)
         return 0;
+    *msg = p->transport == NP_IPPROTO_TCP ? buf + 2 : buf;
     u32 len = copy_payload(f, p, buf);
     if (p->payload_len == 0) {
         if (p->transport == NP_IPPROTO_UDP)
@@ -433,15 +560,16 @@ static __always_inline void on_query(const u8 *skb)
     if (!dns_headers(f.head + f.network_header, 1, &p))
         return;
     struct dns_message m = {};
+    const u8 *msg = 0;
     if (p.dport != DNS_PORT) {
         /* a response, sent by a server on this node: only checked for being
          * malformed here, once (on receive it would be once per hop and
          * cannot be matched); well-formed ones are matched on receive */
-        if (p.transport == NP_IPPROTO_UDP && !read_message(&f, &p, 0, &m) && m.malformed)
+        if (p.transport == NP_IPPROTO_UDP && !read_message(&f, &p, 0, &m, &msg) && m.malformed)
             count_malformed(p.dst, p.src, KIND_RESPONSE, p.transport);
         return;
     }
-    if (!read_message(&f, &p, 1, &m)) {
+    if (!read_message(&f, &p, 1, &m, &msg)) {
         if (m.malformed)
             count_malformed(p.src, p.dst, KIND_QUERY, p.transport);
         return;
@@ -464,10 +592,15 @@ static __always_inline void on_query(const u8 *skb)
         }
         /* the earlier query with this id timed out: decided now, by whoever deletes it */
         u16 old_qtype = old->qtype;
+        u64 old_qname = old->qname;
         if (pending.delete(&pk) == 0)
-            count_timeout(&pk, old_qtype);
+            count_timeout(&pk, old_qtype, old_qname);
     }
-    struct pending_value value = {.started_ns = now, .qtype = m.qtype};
+    u64 qname = 0;
+#if NP_QUERY_NAMES
+    qname = qname_of(msg, &m);
+#endif
+    struct pending_value value = {.started_ns = now, .qtype = m.qtype, .qname = qname};
     if (pending.update(&pk, &value))
         np_map_error(ERR_PENDING);                      /* table full: this query can get no response or timeout */
     u64 zero = 0, *count = queries.lookup_or_try_init(&qk, &zero);
@@ -475,6 +608,14 @@ static __always_inline void on_query(const u8 *skb)
         (*count)++;
     else
         np_map_error(ERR_QUERIES);
+#if NP_QUERY_NAMES
+    struct name_query_key nk = {.pair = pk.pair, .qtype = m.qtype, .qname = qname};
+    count = name_queries.lookup_or_try_init(&nk, &zero);
+    if (count)
+        (*count)++;
+    else
+        np_map_error(ERR_NAME_QUERIES);
+#endif
 }
 
 static __always_inline void on_response(const u8 *skb)
@@ -488,7 +629,8 @@ static __always_inline void on_response(const u8 *skb)
     if (!dns_headers(f.data, 0, &p))
         return;
     struct dns_message m = {};
-    if (!read_message(&f, &p, 0, &m))
+    const u8 *msg = 0;
+    if (!read_message(&f, &p, 0, &m, &msg))
         return;                                         /* malformed responses are counted at their first transmit */
     if (!(m.flags & 0x8000))
         return;                                         /* a query from port 53 (server to server): not ours */
@@ -501,11 +643,12 @@ static __always_inline void on_response(const u8 *skb)
         return;                                         /* a later hop of a counted response, or unsolicited */
     u64 started = pending_query->started_ns;
     u16 qtype = pending_query->qtype;
+    u64 qname = pending_query->qname;
     if (pending.delete(&pk) != 0)
         return;                                         /* another CPU or the agent's sweep took it */
     u64 latency = bpf_ktime_get_ns() - started;
     if (latency > NP_TIMEOUT_NS) {
-        count_timeout(&pk, qtype);                      /* a late response: the query had timed out */
+        count_timeout(&pk, qtype, qname);               /* a late response: the query had timed out */
         return;
     }
     u8 rcode = m.flags & 0xf;
@@ -515,6 +658,14 @@ static __always_inline void on_response(const u8 *skb)
         (*count)++;
     else
         np_map_error(ERR_RESPONSES);
+#if NP_QUERY_NAMES
+    struct name_response_key nk = {.pair = pk.pair, .qtype = qtype, .qname = qname, .rcode = rcode};
+    count = name_responses.lookup_or_try_init(&nk, &zero);
+    if (count)
+        (*count)++;
+    else
+        np_map_error(ERR_NAME_RESPONSES);
+#endif
     struct latency_key lk = {.pair = pk.pair, .rcode = rcode, .transport = p.transport};
     u64 us = latency / 1000;
     lk.slot = np_log2_slot(us);

@@ -47,6 +47,9 @@ def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
         lines.append("  missing: CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): no program can load")
     elif missing and "SYS_ADMIN" not in caps:
         lines.append(f"  not held (of the DaemonSet's set): {', '.join(missing)}")
+    if "SYSLOG" not in caps:
+        lines.append("  SYSLOG not held: kallsyms hides kernel addresses, dns cannot read TCP DNS payload "
+                     "(counted as unreadable); the operator adds SYSLOG when a probe selects dns")
     if memlock_charged(f.release) and not caps & {"SYS_RESOURCE", "SYS_ADMIN"}:
         lines.append("  this kernel charges BPF maps to RLIMIT_MEMLOCK and SYS_RESOURCE is not held: "
                      "large maps may fail to load; set spec.agent.raiseMemlockLimit: true")

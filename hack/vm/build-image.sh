@@ -21,11 +21,12 @@ die() { printf '[vm-image] error: %s\n' "$*" >&2; exit 1; }
 
 # What the guest needs: the kernel and matching headers (BCC compiles against
 # them), BCC, the tools tests/agent and the netns lab call (ip, nft, sysctl,
-# taskset, capsh, bpftool), a Python able to make a venv.
+# taskset, capsh, bpftool, dig), a Python able to make a venv (dnslib, the dns
+# tests' server, comes with the test dependencies).
 PACKAGES=(
   linux-image-amd64 linux-headers-amd64 initramfs-tools kmod
   python3 python3-venv python3-bpfcc bpftool
-  iproute2 nftables procps libcap2-bin util-linux ethtool
+  iproute2 nftables procps libcap2-bin util-linux ethtool bind9-dnsutils
 )
 SUITES="bookworm bookworm-updates"
 MIRROR=${VM_MIRROR:-http://deb.debian.org/debian}

@@ -49,12 +49,14 @@ console=$log_dir/console.log
 # segments = the kernel's OutSegs and retransmits, and the BTF-skew check.
 # VM_PYTEST_ARGS="-v -m kernel tests/agent" runs them all.
 SUBSET="(doctor or headers_exits or failed_strategy or auto or loads or connections_are_counted or rx_latency \
-or segments_sent_equal or retransmits_carry or wrong_btf) and not sample_every"
+or segments_sent_equal or retransmits_carry or wrong_btf or queries_by_qtype or truncated_answer \
+or malformed_packets_are or query_names_are_labels or daemonsets_capabilities_for_dns or no_socket_drops \
+or netfilter_drop or socket_rcvbuff) and not sample_every"
 if [[ -n ${VM_PYTEST_ARGS:-} ]]; then
   read -r -a args <<<"$VM_PYTEST_ARGS"
 else
   args=(-v -rfEs -m kernel --timeout 1800 -k "$SUBSET" tests/agent/test_kernel_env.py
-        tests/agent/test_lifecycle.py tests/agent/test_programs.py)
+        tests/agent/test_lifecycle.py tests/agent/test_programs.py tests/agent/test_dns.py tests/agent/test_drops.py)
 fi
 printf '%s\n' "${args[@]}" > "$out/pytest-args"
 # TCG runs the guest ~10-50x slower than the host: every test's waits stretch

@@ -3,6 +3,7 @@ for choosing attach strategies)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -32,6 +33,23 @@ DAEMONSET_CAPABILITIES = ("BPF", "PERFMON", "NET_ADMIN")
 # container that asks for it.
 MEMLOCK_CAPABILITY = "SYS_RESOURCE"
 MEMLOCK_ACCOUNTING_BEFORE = (5, 11)
+# Added only when the probe selects the program: dns reads TCP payload from
+# page fragments through the kernel's direct map, whose randomized base only
+# /proc/kallsyms gives, and kallsyms shows addresses only to SYSLOG (with
+# kernel.perf_event_paranoid > 1, the default). BPF + PERFMON already read any
+# kernel memory, so the addresses reveal nothing more to the agent.
+PROGRAM_CAPABILITIES = {"dns": ("SYSLOG",)}
+
+
+def daemonset_capabilities(programs: Iterable[str] = (), raise_memlock: bool = False) -> list[str]:
+    """The DaemonSet's list for these programs: the base set, what the
+    programs need, SYS_RESOURCE with raise_memlock; each once, in that order."""
+    out = list(DAEMONSET_CAPABILITIES)
+    for name in programs:
+        out += [c for c in PROGRAM_CAPABILITIES.get(name, ()) if c not in out]
+    if raise_memlock:
+        out.append(MEMLOCK_CAPABILITY)
+    return out
 
 
 def effective_capabilities() -> set[str]:

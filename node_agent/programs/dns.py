@@ -90,6 +90,61 @@ def kernel_layout() -> dict[str, int | str]:
     return out
 
 
+def qname_label(wire: bytes) -> str:
+    """A question name as kept by the program (wire format) -> its label:
+    lowercased, labels joined by dots, no trailing dot, the root as ".".
+    Bytes other than printable ASCII, and dots or backslashes inside a
+    label, are written as \\DDD (decimal), as in zone files (RFC 1035 5.1)."""
+    labels, at = [], 0
+    while at < len(wire) and wire[at] and len(labels) < 128:
+        n = wire[at]
+        part = wire[at + 1:at + 1 + n]
+        labels.append("".join(chr(c).lower() if 0x21 <= c <= 0x7e and c not in (0x2e, 0x5c) else f"\\{c:03d}"
+                              for c in part))
+        at += 1 + n
+    return ".".join(labels) or "."
+
+
+class QueryNames(dict):
+    """Query-name hash (the key field qname) -> label; 0 is every name past
+    the cap. A hash not known yet is read from the running instance's qnames
+    map when a key first carries it (the labeler's get), so a name the kernel
+    kept after the scrape began is labelled in that same scrape. An agent
+    runs one dns instance at a time; a new instance starts a new table."""
+
+    def __init__(self):
+        super().__init__({0: "other"})
+        self.inst = None
+
+    def use(self, inst) -> None:
+        if inst is not self.inst:
+            self.clear()
+            self[0] = "other"
+            self.inst = inst
+
+    def get(self, key, default=None):
+        if key in self:
+            return self[key]
+        if self.inst is None or not self.inst.options["query_names"]:
+            return default
+        qnames = self.inst.table("qnames")
+        try:
+            text = qnames[qnames.Key(key)].bytes
+        except KeyError:
+            return default
+        self[key] = qname_label(bytes(text))
+        return self[key]
+
+
+_query_names = QueryNames()
+QNAME = Code("qname", "qname", lambda: _query_names)
+
+
+def before_scrape(inst) -> None:
+    expire_pending(inst)
+    _query_names.use(inst)
+
+
 def expire_pending(inst) -> None:
     """At scrape: pending queries older than timeout_ms are timeouts. An entry
     is counted by whoever deletes it (here, or the kernel on a retransmission
@@ -97,15 +152,16 @@ def expire_pending(inst) -> None:
     under keys with pad = 1, which the kernel never writes (it uses 0): the
     per-CPU value is never written by both."""
     timeout_ns = inst.options["timeout_ms"] * 1_000_000
-    pending, timeouts = inst.table("pending"), inst.table("timeouts")
+    pending = inst.table("pending")
     now = time.monotonic_ns()          # CLOCK_MONOTONIC, as bpf_ktime_get_ns
     try:
         entries = list(pending.items_lookup_batch())
     except Exception:                  # kernels or map types without batch lookup
         entries = pending.items()
-    expired = [(bytes(k), v.started_ns, v.qtype) for k, v in entries if now - v.started_ns > timeout_ns]
-    counts: dict[bytes, int] = {}
-    for raw, started_ns, qtype in expired:
+    expired = [(bytes(k), v.started_ns, v.qtype, v.qname) for k, v in entries if now - v.started_ns > timeout_ns]
+    counts: dict[tuple[str, bytes], int] = {}
+    names = inst.options["query_names"] > 0
+    for raw, started_ns, qtype, qname in expired:
         key = pending.Key.from_buffer_copy(raw)
         try:
             if pending[key].started_ns != started_ns:
@@ -113,22 +169,28 @@ def expire_pending(inst) -> None:
             del pending[key]
         except KeyError:               # answered or expired by the kernel meanwhile
             continue
-        # pending_key: pair (32 bytes), client_port, server_port, id, transport, pad
+        # pending_key: pair (32 bytes), client_port, server_port, id, transport, pad;
+        # name_query_key: pair, qname, qtype, pad (1: the agent's), pad1, pad2
         transport = raw[38]
-        tkey = raw[:32] + struct.pack("<HBB", qtype, transport, 1)
+        tkey = ("timeouts", raw[:32] + struct.pack("<HBB", qtype, transport, 1))
         counts[tkey] = counts.get(tkey, 0) + 1
-    for raw, n in counts.items():
-        key = timeouts.Key.from_buffer_copy(raw)
+        if names:   # name_query_key: pair, qtype, qname, pad (1: the agent's), pad2
+            nkey = ("name_timeouts", raw[:32] + struct.pack("<QHBBI", qname, qtype, 1, 0, 0))
+            counts[nkey] = counts.get(nkey, 0) + 1
+    for (map_name, raw), n in counts.items():
+        table = inst.table(map_name)
+        key = table.Key.from_buffer_copy(raw)
         try:
-            current = sum(timeouts.getvalue(key))
+            current = sum(table.getvalue(key))
         except KeyError:
             current = 0
-        leaf = timeouts.Leaf()          # one value per CPU: the total on the first
+        leaf = table.Leaf()             # one value per CPU: the total on the first
         leaf[0] = current + n
         try:
-            timeouts[key] = leaf
+            table[key] = leaf
         except Exception as e:
-            log.warning("timeouts not recorded", extra={"kv": {"program": "dns", "count": n, "error": str(e)}})
+            log.warning("timeouts not recorded", extra={"kv": {"program": "dns", "map": map_name, "count": n,
+                                                               "error": str(e)}})
 
 
 SPEC = ProgramSpec(
@@ -139,13 +201,18 @@ SPEC = ProgramSpec(
         attach_option("net_dev_start_xmit and netif_receive_skb (the same counts either way)"),
         max_entries_option(8192),
         Option("pending_entries", int, 16384,
-               "queries awaiting a response that can be tracked at once (56 bytes each); a query that finds "
+               "queries awaiting a response that can be tracked at once (64 bytes each); a query that finds "
                "the table full is counted (netprobe_map_update_failures_total{map=\"pending\"}) and never "
                "gets a response or timeout",
                min=64, max=1 << 20, define="NP_PENDING_ENTRIES"),
         Option("timeout_ms", int, 5000,
                "a query with no response within this time is a timeout (glibc's default wait is 5 s)",
                min=10, max=120000, define="NP_TIMEOUT_NS", to_c=lambda ms: f"{ms * 1000000}ULL"),
+        Option("query_names", int, 0,
+               "0: no query names. N > 0: the netprobe_dns_name_* families count queries, responses and "
+               "timeouts by question name (label qname, lowercased) for the first N distinct names this node "
+               "sees, every later name as qname=\"other\" (docs/agent.md, \"Query names\")",
+               min=0, max=4096, define="NP_QUERY_NAMES"),
     ),
     strategies=(
         Strategy("raw_tracepoint", (
@@ -176,6 +243,18 @@ SPEC = ProgramSpec(
         Metric("netprobe_dns_latency_seconds", "histogram",
                "Time from a DNS query's first transmission to its first response, by server, rcode and transport.",
                map="latency_us", key=(PODS, RCODE, TRANSPORT, SLOT), unit_seconds=1e-6, bucket_slots=(4, 24)),
+        Metric("netprobe_dns_name_queries_total", "counter",
+               "With query_names: DNS queries sent by this pod, by server, question name and query type "
+               "(names past the per-node cap as qname=\"other\").",
+               map="name_queries", key=(PODS, QTYPE, QNAME)),
+        Metric("netprobe_dns_name_responses_total", "counter",
+               "With query_names: first responses to this pod's DNS queries within the timeout, by server, "
+               "question name, query type and rcode.",
+               map="name_responses", key=(PODS, QTYPE, QNAME, RCODE)),
+        Metric("netprobe_dns_name_timeouts_total", "counter",
+               "With query_names: DNS queries of this pod with no response within the timeout, by server, "
+               "question name and query type.",
+               map="name_timeouts", key=(PODS, QTYPE, QNAME)),
         Metric("netprobe_dns_malformed_total", "counter",
                "Packets to or from port 53 that are not a DNS message this program can read (shorter than "
                "the header, no question, a name longer than 255 bytes or past the message), by kind.",
@@ -183,8 +262,10 @@ SPEC = ProgramSpec(
     ),
     maps=(MapInfo("queries"), MapInfo("responses"), MapInfo("timeouts"), MapInfo("retransmits"),
           MapInfo("latency_us"), MapInfo("malformed"),
-          MapInfo("pending", max_entries_option="pending_entries", lru=False)),
-    map_errors=("queries", "responses", "timeouts", "retransmits", "latency_us", "malformed", "pending"),
+          MapInfo("pending", max_entries_option="pending_entries", lru=False),
+          MapInfo("name_queries"), MapInfo("name_responses"), MapInfo("name_timeouts")),
+    map_errors=("queries", "responses", "timeouts", "retransmits", "latency_us", "malformed", "pending",
+                "name_queries", "name_responses", "name_timeouts"),
     # DNS packets whose payload could not be read (a page fragment without the
     # kernel's memory layout, a failed read): neither counted nor malformed
     discards=("unreadable",),
@@ -199,5 +280,5 @@ SPEC = ProgramSpec(
         "OFF_SHINFO_FRAGS": ("skb_shared_info", "frags"),
     },
     kernel_constants=kernel_layout,
-    before_scrape=expire_pending,
+    before_scrape=before_scrape,
 )

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import jinja2
 import yaml
 
-from node_agent.kernel.features import DAEMONSET_CAPABILITIES, MEMLOCK_CAPABILITY
+from node_agent.kernel.features import daemonset_capabilities
 
 from . import settings as s
 from .program_schema import agent_options
@@ -52,9 +52,10 @@ TEMPLATES.filters["agent_options"] = agent_options
 
 
 def agent_capabilities(spec: Mapping[str, Any]) -> list[str]:
-    """The agent's own list (doctor reads it), SYS_RESOURCE only when the probe asks."""
-    extra = [MEMLOCK_CAPABILITY] if spec["agent"].get("raiseMemlockLimit") else []
-    return [*DAEMONSET_CAPABILITIES, *extra]
+    """The agent's own list (doctor reads it): SYSLOG only when dns is selected,
+    SYS_RESOURCE only when the probe asks."""
+    return daemonset_capabilities((p["name"] for p in spec.get("programs", ())),
+                                  bool(spec["agent"].get("raiseMemlockLimit")))
 
 # Dashboards shipped, by template file; each becomes one ConfigMap.
 DASHBOARDS = {"overview": "Overview", "agents": "Agents"}

@@ -303,6 +303,33 @@ def test_malformed_packets_are_counted_and_good_queries_still_count(lab, agent):
     assert after.value("netprobe_map_update_failures_total", program="dns") == 0
 
 
+def test_with_exactly_the_daemonsets_capabilities_for_dns_tcp_dns_counts_exactly(lab, agent_factory, tmp_path):
+    """The operator renders SYSLOG into the DaemonSet when dns is selected
+    (daemonset_capabilities): with exactly that set, and nothing else, the
+    program finds the kernel's memory layout and counts TCP DNS like UDP."""
+    from node_agent.kernel.features import CAPABILITY_NAMES, daemonset_capabilities
+    granted = daemonset_capabilities(["dns"])
+    assert "SYSLOG" in granted and "SYS_ADMIN" not in granted
+    drop = ",".join(f"cap_{c.lower()}" for c in CAPABILITY_NAMES if c not in granted)
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    agent = agent_factory({"dns": {"timeout_ms": TIMEOUT_MS}}, pods,
+                          prefix=["capsh", f"--drop={drop}", "--", "-c", 'exec "$0" "$@"']).start()
+    status = Path(f"/proc/{agent.proc.pid}/status").read_text()
+    cap_eff = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+    assert {name for bit, name in enumerate(CAPABILITY_NAMES) if cap_eff >> bit & 1} == set(granted)
+    assert "TCP DNS payload in page fragments will not be read" not in agent.log_path.read_text()
+    before = agent.scrape()
+    for family in FAMILIES:
+        assert dig(lab, "m", family, [("t1.ok.test", "A"), ("t2.ok.test", "AAAA"), ("nx.test", "A")], "tcp") == \
+            ["NOERROR", "NOERROR", "NXDOMAIN"]
+    after = agent.scrape()
+    m = labels("m", transport="tcp")
+    assert {q: delta(after, before, QUERIES, qtype=q, **m) for q in ("A", "AAAA")} == {"A": 4, "AAAA": 2}
+    assert {r: delta(after, before, RESPONSES, rcode=r, **m) for r in ("NOERROR", "NXDOMAIN")} == \
+        {"NOERROR": 4, "NXDOMAIN": 2}
+    assert delta(after, before, "netprobe_program_discarded_events_total", program="dns", reason="unreadable") == 0
+
+
 def test_without_the_kernel_layout_tcp_payload_is_unreadable_not_malformed(lab, agent_factory, tmp_path):
     """Without CAP_SYSLOG kallsyms hides addresses: the program cannot find the
     pages TCP keeps its payload in. Those queries are counted as unreadable
@@ -321,3 +348,78 @@ def test_without_the_kernel_layout_tcp_payload_is_unreadable_not_malformed(lab, 
     assert delta(after, before, QUERIES, transport="tcp", **m) == 0
     assert delta(after, before, MALFORMED, **m) == 0
     assert delta(after, before, "netprobe_program_discarded_events_total", program="dns", reason="unreadable") >= 1
+
+
+NAME_CAP = 4
+NAME_QUERIES = "netprobe_dns_name_queries_total"
+NAME_RESPONSES = "netprobe_dns_name_responses_total"
+NAME_TIMEOUTS = "netprobe_dns_name_timeouts_total"
+LONG = ".".join(["L" * 63] * 3) + ".ok.test"        # three labels of the longest kind: 201 bytes on the wire
+
+
+@pytest.fixture(scope="module")
+def named_agent(lab, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("named")
+    pods = lab.write_static_resolver(workdir / "pods.yaml", NAMES)
+    agent = AgentProcess(workdir, {"dns": {"timeout_ms": TIMEOUT_MS, "query_names": NAME_CAP}}, pods).start()
+    yield agent
+    assert agent.stop() == 0
+
+
+def test_query_names_are_labels_for_the_first_n_names_and_the_rest_is_other(lab, named_agent):
+    """query_names: 4. Names differing only in case are one name (lowercased);
+    a name of three 63-byte labels keeps all its bytes; every name after the
+    fourth distinct one (on this node) counts as qname="other". The per-name
+    families add up to the unnamed ones."""
+    sent = [("Web.OK.test", "A"), ("web.ok.TEST", "A"), ("WEB.ok.test", "AAAA"), (LONG, "TXT"),
+            ("nx1.test", "A"), ("nx1.test", "A"), ("drop.test", "A"),
+            ("extra1.ok.test", "A"), ("Extra2.ok.test", "A"), ("nx2.test", "A"), ("drop.test", "A")]
+    before = named_agent.scrape()
+    statuses = dig(lab, "c", "ip4", sent, "udp", extra="+timeout=1")
+    assert statuses == ["NOERROR"] * 4 + ["NXDOMAIN"] * 2 + ["none"] + ["NOERROR"] * 2 + ["NXDOMAIN", "none"]
+
+    def timed_out():
+        s = named_agent.scrape()
+        return s if delta(s, before, TIMEOUTS, **labels("c")) >= 2 else None
+    after = wait_until(timed_out, timeout=TIMEOUT_MS / 1000 + 10, what="the drop.test timeouts")
+    c = labels("c")
+    ours = ["web.ok.test", LONG.lower(), "nx1.test", "drop.test", "extra1.ok.test", "extra2.ok.test", "nx2.test"]
+    named = {s.labels["qname"] for s in after.all(NAME_QUERIES) if s.labels["qname"] != "other"}
+    # first seen, first named: the names of ours that got a label are the first ones we sent (the
+    # cap is per node: DNS of anything else on this machine may have taken some of the four)
+    got = [n for n in ours if n in named]
+    assert got == ours[:len(got)] and len(named) <= NAME_CAP, named
+    if named <= set(ours):                  # nothing else on the node asked a name meanwhile
+        assert got == ours[:NAME_CAP]
+    queries = {(n, q): delta(after, before, NAME_QUERIES, qname=n, qtype=q, **c)
+               for n in got + ["other"] for q in ("A", "AAAA", "TXT")}
+    expected_queries: dict = {}
+    expected_responses: dict = {}
+    expected_timeouts: dict = {}
+    for (name, qtype), status in zip(sent, statuses):
+        label = name.lower() if name.lower() in got else "other"
+        expected_queries[label, qtype] = expected_queries.get((label, qtype), 0) + 1
+        if status == "none":
+            expected_timeouts[label, qtype] = expected_timeouts.get((label, qtype), 0) + 1
+        else:
+            expected_responses[label, qtype, status] = expected_responses.get((label, qtype, status), 0) + 1
+    assert {k: v for k, v in queries.items() if v} == expected_queries
+    responses = {(n, q, r): delta(after, before, NAME_RESPONSES, qname=n, qtype=q, rcode=r, **c)
+                 for n in got + ["other"] for q in ("A", "AAAA", "TXT") for r in ("NOERROR", "NXDOMAIN")}
+    assert {k: v for k, v in responses.items() if v} == expected_responses
+    timeouts = {(n, q): delta(after, before, NAME_TIMEOUTS, qname=n, qtype=q, **c)
+                for n in got + ["other"] for q in ("A",)}
+    assert {k: v for k, v in timeouts.items() if v} == expected_timeouts
+    # the per-name families are the unnamed ones split by name
+    for named_family, family in ((NAME_QUERIES, QUERIES), (NAME_RESPONSES, RESPONSES), (NAME_TIMEOUTS, TIMEOUTS)):
+        assert delta(after, before, named_family, **c) == delta(after, before, family, **c) == {
+            NAME_QUERIES: 11, NAME_RESPONSES: 9, NAME_TIMEOUTS: 2}[named_family], named_family
+    assert after.value("netprobe_map_update_failures_total", program="dns") == 0
+
+
+def test_without_query_names_the_name_families_stay_empty(lab, agent):
+    before = agent.scrape()
+    assert dig(lab, "c", "ip4", [("n.ok.test", "A")]) == ["NOERROR"]
+    after = agent.scrape()
+    assert delta(after, before, QUERIES, **labels("c")) == 1
+    assert after.all(NAME_QUERIES) == after.all(NAME_RESPONSES) == after.all(NAME_TIMEOUTS) == []

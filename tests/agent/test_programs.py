@@ -58,10 +58,14 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
 # onto plain tracepoints, the fallback, which must count the same. Where
 # `auto` takes kprobes, the raw tracepoints get a run of their own.
 KPROBES = KernelFeatures().kprobes
+# dns with query names on: its netprobe_dns_name_* families have series (and
+# that variant of the program loads in every mode)
 ATTACH_MODES = {
-    "auto": ALL_PROGRAMS,
-    "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
-    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}} if KPROBES else {}),
+    "auto": {**ALL_PROGRAMS, "dns": {"query_names": 8}},
+    "tracepoint": {name: {"attach": "tracepoint", **({"query_names": 8} if name == "dns" else {})}
+                   for name in ALL_PROGRAMS},
+    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint", **({"query_names": 8} if name == "dns" else {})}
+                           for name in ALL_PROGRAMS}} if KPROBES else {}),
 }
 EXPECTED_ATTACH = {mode: expected_attach(programs) for mode, programs in ATTACH_MODES.items()}
 

@@ -70,6 +70,18 @@ LOSSY_PAYLOAD, LOSSY_DROP_PERCENT = 1_000_000, 10
 # Traffic is spread over several scrape intervals: a series born with its final
 # value shows no increase to rate(), exactly as in a real Prometheus.
 ROUNDS, ROUND_PAUSE = 4, 2.5
+# DNS from two client pods to the server in db: (name, qtype, transport, rcode), each asked once.
+# (cart's TCP to db crosses the lossy pair's drop rule: its DNS is UDP only.)
+DNS_ASKED = {
+    "web": [("a.ok.test", "A", "udp", "NOERROR"), ("b.ok.test", "A", "udp", "NOERROR"),
+            ("fail.test", "A", "udp", "SERVFAIL"), ("c.ok.test", "AAAA", "tcp", "NOERROR")],
+    "cart": [("nx.test", "A", "udp", "NXDOMAIN"), ("d.ok.test", "A", "udp", "NOERROR")],
+}
+# Room for every name this machine asks while the e2e runs (the cap is per node, and the
+# agent sees the whole host's DNS): the names above get their own label.
+QUERY_NAMES = 256
+# UDP datagrams web sends api on a port an nftables rule (with a counter) drops: NETFILTER_DROP of api.
+DROPPED_DATAGRAMS, DROPPED_PORT = 5, 9999
 # kube-prometheus-stack's Prometheus ServiceAccount, as manifests/prometheus-rbac.yaml names it.
 
 
@@ -125,7 +137,8 @@ class Stack:
         return {
             "apiVersion": "netprobe.io/v1alpha1", "kind": "NetworkProbe", "metadata": {"name": PROBE},
             "spec": {
-                "programs": [{"name": p} for p in CATALOGUE],
+                # dns with query names: the CRD's camelCase option reaches the agent
+                "programs": [{"name": p, **({"queryNames": QUERY_NAMES} if p == "dns" else {})} for p in CATALOGUE],
                 "nodeSelector": NODE_LABEL,
                 "labels": ["workload", "peer_namespace", "peer_pod", "peer_workload"],
                 "resolver": {"peers": "cluster", "deletedPodGraceSeconds": GRACE_SECONDS},
@@ -357,8 +370,27 @@ class Stack:
         dns = self.lab.pods["db"].popen([sys.executable, dns_server.__file__, "53"], stdout=subprocess.PIPE,
                                         text=True)
         assert dns.stdout.readline().strip() == "ready", "the DNS server did not start"
-        for name in ("a.ok.test", "b.ok.test", "fail.test"):
-            self.lab.pods["web"].run(["dig", f"@{self.lab.pods['db'].ip4}", "+tries=1", "+timeout=2", name, "A"])
+        for client_pod, asked in DNS_ASKED.items():
+            for name, qtype, transport, rcode in asked:
+                out = self.lab.pods[client_pod].run(["dig", f"@{self.lab.pods['db'].ip4}", "+tries=1", "+timeout=2",
+                                                     f"+{'' if transport == 'tcp' else 'no'}tcp", name, qtype]).stdout
+                assert f"status: {rcode}" in out, out
+        # Drops with the kernel's own count: datagrams an nftables rule with a counter drops at api.
+        ruleset = ("table inet e2e_drops {\n  chain input { type filter hook input priority 0; policy accept;\n"
+                   f"    ip saddr {self.lab.pods['web'].ip4} udp dport {DROPPED_PORT} counter drop\n  }}\n}}\n")
+        subprocess.run(["ip", "netns", "exec", self.lab.pods["api"].netns, "nft", "-f", "-"], input=ruleset,
+                       text=True, check=True, capture_output=True)
+        send = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "for _ in range(int(sys.argv[3])): s.sendto(b'x', (sys.argv[1], int(sys.argv[2])))\n")
+        self.lab.pods["web"].run([sys.executable, "-c", send, self.lab.pods["api"].ip4, str(DROPPED_PORT),
+                                  str(DROPPED_DATAGRAMS)])
+
+    def rule_counter(self, lab_pod: str) -> int:
+        """Packets the e2e_drops table's rule dropped in a pod (nftables' own counter)."""
+        out = json.loads(self.lab.pods[lab_pod].run(["nft", "-j", "list", "table", "inet", "e2e_drops"]).stdout)
+        (packets,) = [e["counter"]["packets"] for item in out["nftables"] if "rule" in item
+                      for e in item["rule"]["expr"] if "counter" in e]
+        return packets
 
     def wait_probe_ready(self) -> None:
         self.netprobe.wait_condition(PROBE, "Ready", "True", timeout=120)

@@ -141,6 +141,51 @@ def test_drops_by_kernel_reason_reach_prometheus_per_pod(stack):
     stack.wait_query(q, what="NETFILTER_DROP drops of db")
 
 
+def test_dropped_datagrams_are_netfilter_drops_of_api_equal_to_the_rules_counter(stack):
+    api, web = stack.identity("api"), stack.identity("web")
+    assert stack.rule_counter("api") == e2e_stack.DROPPED_DATAGRAMS
+    netfilter = _kernel_reason_name("SKB_DROP_REASON_NETFILTER_DROP")
+    q = (f'sum(netprobe_drops_total{{namespace="{api.namespace}",pod="{api.pod}",reason="{netfilter}",'
+         f'direction="ingress",peer_pod="{web.pod}"}})')
+    got = stack.wait_query(q, lambda r: r and _value(r) >= e2e_stack.DROPPED_DATAGRAMS, what="NETFILTER_DROP of api")
+    assert _value(got) == e2e_stack.DROPPED_DATAGRAMS
+
+
+def _by(result: list, label: str) -> dict[str, float]:
+    return {r["metric"][label]: float(r["value"][1]) for r in result}
+
+
+@pytest.mark.parametrize("client_pod", list(e2e_stack.DNS_ASKED))
+def test_dns_queries_and_responses_per_client_pod_are_exact(stack, client_pod):
+    """Each client pod's queries by qtype and transport, its responses by
+    rcode, and (queryNames set in the probe) by question name, as asked; the
+    server pod db is the peer."""
+    asked = e2e_stack.DNS_ASKED[client_pod]
+    c, db = stack.identity(client_pod), stack.identity("db")
+    pods = (f'namespace="{c.namespace}",pod="{c.pod}",peer_namespace="{db.namespace}",peer_pod="{db.pod}"')
+
+    def counts(key):
+        out: dict[str, int] = {}
+        for item in asked:
+            out[key(*item)] = out.get(key(*item), 0) + 1
+        return out
+    q = f"sum by (qtype, transport) (netprobe_dns_queries_total{{{pods}}})"
+    got = stack.wait_query(q, lambda r: r and sum(float(x["value"][1]) for x in r) >= len(asked),
+                           what=f"DNS queries of {client_pod}")
+    assert {(r["metric"]["qtype"], r["metric"]["transport"]): float(r["value"][1]) for r in got} == \
+        counts(lambda name, qtype, transport, rcode: (qtype, transport))
+    q = f"sum by (rcode) (netprobe_dns_responses_total{{{pods}}})"
+    got = stack.wait_query(q, lambda r: r and sum(float(x["value"][1]) for x in r) >= len(asked),
+                           what=f"DNS responses of {client_pod}")
+    assert _by(got, "rcode") == counts(lambda name, qtype, transport, rcode: rcode)
+    q = f"sum by (qname) (netprobe_dns_name_responses_total{{{pods}}})"
+    got = stack.wait_query(q, lambda r: r and sum(float(x["value"][1]) for x in r) >= len(asked),
+                           what=f"DNS responses of {client_pod} by name")
+    assert _by(got, "qname") == counts(lambda name, qtype, transport, rcode: name)
+    q = f"sum(netprobe_dns_timeouts_total{{{pods}}}) or vector(0)"
+    assert _value(stack.wait_query(q, what="no DNS timeouts")) == 0
+
+
 def test_every_dashboard_panel_has_data(stack):
     queries = stack.dashboard_queries()
     assert len(queries) >= 5

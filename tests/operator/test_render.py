@@ -98,7 +98,8 @@ def test_daemonset_least_privilege(daemonset):
     sc = container["securityContext"]
     assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
     # No SYS_RESOURCE by default: a runtime on a host without it cannot start the pod.
-    assert sc["capabilities"] == {"drop": ["ALL"], "add": list(DAEMONSET_CAPABILITIES)}
+    # SYSLOG: every program is selected, dns among them.
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": [*DAEMONSET_CAPABILITIES, "SYSLOG"]}
     assert "SYS_RESOURCE" not in DAEMONSET_CAPABILITIES
     assert "SYS_ADMIN" not in json.dumps(daemonset)
     assert sc["readOnlyRootFilesystem"] is True
@@ -106,14 +107,20 @@ def test_daemonset_least_privilege(daemonset):
     assert "hostPID" not in pod and "hostIPC" not in pod
 
 
-@pytest.mark.parametrize("raise_memlock, added", [
-    (None, ["BPF", "PERFMON", "NET_ADMIN"]),
-    (False, ["BPF", "PERFMON", "NET_ADMIN"]),
-    (True, ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]),
+WITHOUT_DNS = [p for p in ALL_IMPLEMENTED if p["name"] != "dns"]
+
+
+@pytest.mark.parametrize("programs, raise_memlock, added", [
+    (WITHOUT_DNS, None, ["BPF", "PERFMON", "NET_ADMIN"]),
+    (WITHOUT_DNS, False, ["BPF", "PERFMON", "NET_ADMIN"]),
+    (WITHOUT_DNS, True, ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]),
+    # dns reads TCP payload through the direct map, whose base only kallsyms gives (to SYSLOG)
+    (ALL_IMPLEMENTED, None, ["BPF", "PERFMON", "NET_ADMIN", "SYSLOG"]),
+    ([{"name": "dns"}], True, ["BPF", "PERFMON", "NET_ADMIN", "SYSLOG", "SYS_RESOURCE"]),
 ])
-def test_sys_resource_only_when_asked_for(render_probe, raise_memlock, added):
+def test_sys_resource_and_syslog_only_when_needed(render_probe, programs, raise_memlock, added):
     agent = {} if raise_memlock is None else {"raiseMemlockLimit": raise_memlock}
-    ds = render_probe({"programs": ALL_IMPLEMENTED, "agent": agent}).one("DaemonSet")
+    ds = render_probe({"programs": programs, "agent": agent}).one("DaemonSet")
     (container,) = ds["spec"]["template"]["spec"]["containers"]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": added}
 
@@ -124,6 +131,8 @@ def test_doctor_checks_the_capabilities_the_daemonset_grants():
     assert render.agent_capabilities({"agent": {}}) == list(doctor.DAEMONSET_CAPABILITIES)
     assert render.agent_capabilities({"agent": {"raiseMemlockLimit": True}}) == \
         [*doctor.DAEMONSET_CAPABILITIES, "SYS_RESOURCE"]
+    assert render.agent_capabilities({"agent": {}, "programs": [{"name": "dns"}]}) == \
+        [*doctor.DAEMONSET_CAPABILITIES, "SYSLOG"]
 
 
 def test_daemonset_host_mounts_are_read_only(daemonset):

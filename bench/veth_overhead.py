@@ -48,8 +48,10 @@ def agent_hooks() -> list[tuple[str, str]]:
     for spec in CATALOGUE.values():
         usable = [s for s in spec.candidate_strategies(spec.defaults()) if not features.unmet(s)]
         for attach in usable[0].attachments if usable else ():
-            if attach.kind in ("tracepoint", "raw_tracepoint") and (attach.kind, attach.target) not in hooks:
-                hooks.append((attach.kind, attach.target))
+            # a tp_btf program runs through the same dispatch as a raw tracepoint's: its floor is an empty raw one
+            kind = "raw_tracepoint" if attach.kind == "tp_btf" else attach.kind
+            if kind in ("tracepoint", "raw_tracepoint") and (kind, attach.target) not in hooks:
+                hooks.append((kind, attach.target))
     return hooks
 
 

@@ -53,15 +53,19 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
 
 
 # Every test runs with the defaults (`auto`: the hooks this kernel offers
-# first, by the agent's own feature detection: raw tracepoints, and kprobes
-# for rx_latency where the kernel has them) and with every program forced
-# onto plain tracepoints, the fallback, which must count the same. Where
-# `auto` takes kprobes, the raw tracepoints get a run of their own.
+# first, by the agent's own feature detection: BTF-typed tracepoints where
+# the kernel's BTF names them, and kprobes for rx_latency where the kernel has
+# them), with every program forced onto raw tracepoints (the first fallback)
+# and onto plain tracepoints (the last), which must all count the same. Where
+# `auto` takes raw tracepoints anyway (no tp_btf, no kprobes) that mode's
+# run is `auto`'s.
 KPROBES = KernelFeatures().kprobes
+TP_BTF = KernelFeatures().btf_tracepoint("tcp:tcp_probe")
 ATTACH_MODES = {
     "auto": ALL_PROGRAMS,
     "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
-    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}} if KPROBES else {}),
+    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}}
+       if KPROBES or TP_BTF else {}),
 }
 EXPECTED_ATTACH = {mode: expected_attach(programs) for mode, programs in ATTACH_MODES.items()}
 
@@ -111,8 +115,9 @@ def test_every_program_loads_with_the_attach_mode_the_kernel_offers(agent, attac
     s = agent.scrape()
     attach = {x.labels["program"]: x.labels["attach"] for x in s.all("netprobe_program_info")}
     assert attach == EXPECTED_ATTACH[attach_mode]
-    if attach_mode == "auto":   # the classic kprobes where the kernel has them, else the fallback
-        assert attach["rx_latency"] == ("kprobe" if KPROBES else "raw_tracepoint")
+    if attach_mode == "auto":   # the classic kprobes where the kernel has them, else the fallbacks
+        assert attach["rx_latency"] == ("kprobe" if KPROBES else "tp_btf" if TP_BTF else "raw_tracepoint")
+        assert attach["tcp_rtt"] == ("tp_btf" if TP_BTF else "raw_tracepoint")
     # A strategy the kernel lacks (no kprobes) was skipped, not failed.
     assert s.value("netprobe_program_errors_total") == 0
 

@@ -118,8 +118,7 @@ int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb
  * rtt_us, and a closed slot is read as live until it is folded, so no count
  * is read twice or missed, and no scrape reads less than the one before
  * (the agent does all of it under one lock per program). A socket that finds
- * no free slot, and every socket's first NP_SOCKET_AFTER segments, are
- * counted in rtt_us directly, as on the other paths. */
+ * no free slot is counted in rtt_us directly, as on the other paths. */
 #define RTT_SOCKET_SLOTS 24     /* log2 slots 0..23; 23 holds every larger value (all above the last bucket) */
 
 struct rtt_socket {
@@ -148,13 +147,7 @@ int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, sk
     u32 srtt = NP_LOAD(u32, tp, OFF_TCP_SRTT_US) >> 3;
     if (srtt == 0)
         return 0;
-    /* A short connection is counted by address: creating a socket's storage
-     * and taking a slot costs more than a few hash updates (measured: ~1 µs
-     * per sample on a mix of short connections). Only a socket that has
-     * received NP_SOCKET_AFTER segments gets a slot. */
-    struct rtt_socket_ref *ref = 0;
-    if (NP_LOAD(u32, tp, OFF_TCP_SEGS_IN) >= NP_SOCKET_AFTER)
-        ref = rtt_socket_of.sk_storage_get((void *)ctx[0], 0, BPF_SK_STORAGE_GET_F_CREATE);
+    struct rtt_socket_ref *ref = rtt_socket_of.sk_storage_get((void *)ctx[0], 0, BPF_SK_STORAGE_GET_F_CREATE);
     if (ref) {
         u32 index = ref->index;
         struct rtt_socket *sock;

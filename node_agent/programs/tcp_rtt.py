@@ -120,11 +120,6 @@ SPEC = ProgramSpec(
                "tp_btf: sockets whose samples are counted per socket (416 bytes each; a "
                "socket beyond them is counted by address, as on the other attach modes)",
                min=64, max=1 << 18, define="NP_SOCKET_SLOTS"),
-        Option("socket_after", int, 32,
-               "tp_btf: segments a socket receives before its samples are counted per socket "
-               "(until then, and for short connections, by address: a socket's slot costs more "
-               "to set up than a few hash updates)",
-               min=0, max=1 << 20, define="NP_SOCKET_AFTER"),
     ),
     strategies=(
         Strategy("tp_btf", (Attach("tp_btf", "tcp:tcp_probe", "np_btf_tcp_rtt"),
@@ -146,6 +141,5 @@ SPEC = ProgramSpec(
     ),
     maps=(MapInfo("rtt_us"),),
     map_errors=("rtt_us",),
-    btf_offsets={"OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us"), "OFF_TCP_SEGS_IN": ("tcp_sock", "segs_in"),
-                 **SOCK_ADDRESS_OFFSETS},
+    btf_offsets={"OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us"), **SOCK_ADDRESS_OFFSETS},
 )

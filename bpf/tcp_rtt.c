@@ -105,36 +105,6 @@ int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb
 #error "the agent passes tcp_sock member offsets from BTF"
 #endif
 
-/* Per-socket histograms (tp_btf only: socket-local storage needs the typed
- * socket). The first sample of a socket takes a free slot of rtt_sockets
- * (an index from the rtt_free queue, which the agent fills), writes its
- * address pair there once and remembers the index in the socket's own
- * storage (rtt_socket_of); every later sample is an array store into that
- * slot, no hash update. When the socket reaches CLOSE its index goes to the
- * rtt_closed queue. At each scrape the agent (node_agent/programs/tcp_rtt.py)
- * folds every closed slot into rtt_us under keys the kernel never writes
- * (pad = 1), clears the slot and frees its index; then it reads rtt_us and
- * adds the live slots. A slot is never cleared before its counts are in
- * rtt_us, and a closed slot is read as live until it is folded, so no count
- * is read twice or missed, and no scrape reads less than the one before
- * (the agent does all of it under one lock per program). A socket that finds
- * no free slot is counted in rtt_us directly, as on the other paths. */
-#define RTT_SOCKET_SLOTS 24     /* log2 slots 0..23; 23 holds every larger value (all above the last bucket) */
-
-struct rtt_socket {
-    struct np_addr_pair pair;
-    struct np_hist_value hist[RTT_SOCKET_SLOTS];
-};
-
-struct rtt_socket_ref {
-    u32 index;                  /* into rtt_sockets, + 1 (0: none) */
-};
-
-BPF_ARRAY(rtt_sockets, struct rtt_socket, NP_SOCKET_SLOTS);
-BPF_QUEUE(rtt_free, u32, NP_SOCKET_SLOTS);
-BPF_QUEUE(rtt_closed, u32, NP_SOCKET_SLOTS);
-BPF_SK_STORAGE(rtt_socket_of, struct rtt_socket_ref);
-
 int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, skb) */
 {
     struct rtt_key key = {};
@@ -144,57 +114,12 @@ int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, sk
     const u8 *tp = (const u8 *)bpf_skc_to_tcp_sock((void *)ctx[0]);
     if (!tp)
         return 0;
-    u32 srtt = NP_LOAD(u32, tp, OFF_TCP_SRTT_US) >> 3;
-    if (srtt == 0)
+    u32 srtt_us = NP_LOAD(u32, tp, OFF_TCP_SRTT_US);
+    if ((srtt_us >> 3) == 0)
         return 0;
-    struct rtt_socket_ref *ref = rtt_socket_of.sk_storage_get((void *)ctx[0], 0, BPF_SK_STORAGE_GET_F_CREATE);
-    if (ref) {
-        u32 index = ref->index;
-        struct rtt_socket *sock;
-        if (index == 0) {
-            if (rtt_free.pop(&index) == 0) {
-                sock = rtt_sockets.lookup(&index);
-                if (sock && np_btf_sock_addresses(tp, &sock->pair)) {
-                    ref->index = index + 1;
-                } else {
-                    rtt_free.push(&index, 0);       /* not an IP socket: give it back */
-                    return 0;
-                }
-            } else {
-                goto hashed;                        /* no free slot */
-            }
-        } else {
-            index -= 1;
-            sock = rtt_sockets.lookup(&index);
-        }
-        if (sock) {
-            u32 slot = np_log2_slot(srtt);
-            if (slot >= RTT_SOCKET_SLOTS)
-                slot = RTT_SOCKET_SLOTS - 1;
-            sock->hist[slot].count++;
-            sock->hist[slot].sum += srtt;
-            return 0;
-        }
-    }
-hashed:
     if (!np_btf_sock_addresses(tp, &key.pair))
         return 0;
-    rtt_observe(&key, srtt);
-    return 0;
-}
-
-/* inet_sock_set_state(sk, oldstate, newstate): a socket with a slot reaching
- * CLOSE hands it to the agent. */
-int np_btf_rtt_close(u64 *ctx)
-{
-    if ((int)ctx[2] != 7)                                   /* TCP_CLOSE */
-        return 0;
-    struct rtt_socket_ref *ref = rtt_socket_of.sk_storage_get((void *)ctx[0], 0, 0);
-    if (!ref || ref->index == 0)
-        return 0;
-    u32 index = ref->index - 1;
-    ref->index = 0;
-    rtt_closed.push(&index, 0);
+    rtt_observe(&key, srtt_us >> 3);
     return 0;
 }
 #endif

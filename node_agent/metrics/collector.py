@@ -145,17 +145,15 @@ class AgentCollector:
 
     def _program_families(self, inst: ProgramInstance, scope: LabelScope | None, map_stats: list):
         spec = inst.spec
-        with inst.scrape_lock:
-            if spec.before_scrape is not None:
-                spec.before_scrape(inst)
-            maps: dict[str, list[tuple[bytes, int]]] = {}
-            for info in spec.maps:
-                if info.entries_from_sum_of is None:
-                    maps[info.name] = read_map(inst.table(info.name))
-            for m in spec.metrics:
-                if m.map not in maps:
-                    maps[m.map] = read_map(inst.table(m.map))
-            live = spec.live_entries(inst) if spec.live_entries is not None else {}
+        if spec.before_scrape is not None:
+            spec.before_scrape(inst)
+        maps: dict[str, list[tuple[bytes, int]]] = {}
+        for info in spec.maps:
+            if info.entries_from_sum_of is None:
+                maps[info.name] = read_map(inst.table(info.name))
+        for m in spec.metrics:
+            if m.map not in maps:
+                maps[m.map] = read_map(inst.table(m.map))
 
         # map self-metrics: size, fill, evictions (LRU keys we never delete that vanished)
         for info in spec.maps:
@@ -172,8 +170,6 @@ class AgentCollector:
                     self._previous_keys[(id(inst), info.name)] = keys
             map_stats.append((spec.name, info.name, entries, inst.options[info.max_entries_option]))
 
-        for name, entries in live.items():   # after the map self-metrics: not map entries
-            maps[name] = maps.get(name, []) + entries
         families = []
         if scope is None:
             return families

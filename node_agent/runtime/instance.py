@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,9 +116,6 @@ class ProgramInstance:
         # tp_btf programs, loaded and attached here (BCC cannot): fn -> fd, and their link fds
         self._btf_progs: dict[str, int] = {}
         self._btf_links: list[int] = []
-        # held by the collector for a whole read of this program's maps: a
-        # scrape that moves counts (spec.before_scrape) is never seen half-done
-        self.scrape_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -182,11 +178,6 @@ class ProgramInstance:
                             bpf.load_func(a.fn.encode(), prog_type[a.kind])
             except Exception as e:
                 raise ProgramError(self.name, "load", f"{e}: {_tail(err[0] if err else '')}") from e
-            if self.spec.prepare is not None:
-                try:
-                    self.spec.prepare(bpf, strategy)
-                except Exception as e:
-                    raise ProgramError(self.name, "load", f"preparing maps: {e}") from e
             for a in strategy.attachments:
                 try:
                     with _captured_stderr() as err:

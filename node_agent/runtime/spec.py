@@ -227,15 +227,6 @@ class ProgramSpec:
     # Called at each scrape before the maps are read, with the running
     # instance (e.g. to expire entries older than a timeout).
     before_scrape: Callable[[Any], None] | None = None
-    # Called once the strategy's programs are loaded, before they attach,
-    # with the BCC object and the strategy (e.g. to fill a map the kernel
-    # side takes from); an exception fails the load stage.
-    prepare: Callable[[Any, "Strategy"], None] | None = None
-    # Called at each scrape after the metric maps are read, with the running
-    # instance: more (raw key, value summed over CPUs) entries per map name,
-    # counts the kernel keeps elsewhere (e.g. tcp_rtt's per-socket slots).
-    # The collector holds the instance's scrape_lock from before_scrape to here.
-    live_entries: Callable[[Any], dict[str, list]] | None = None
     # Which strategies to try given the options (default: all, in order).
     choose_strategies: Callable[[dict], tuple[str, ...] | None] | None = None
 

@@ -274,7 +274,6 @@ class _FakeInstance:
     def __init__(self, spec, pairs: list[tuple[str, str]], rng: random.Random):
         self.spec, self.name, self.attach, self.bpf = spec, spec.name, "tracepoint", None
         self.options = spec.defaults()
-        self.scrape_lock = threading.Lock()       # as ProgramInstance's
         self.tables: dict[str, _FakeTable] = {}
         self.keys: dict[str, KeyFields] = {}
         by_map: dict[str, list] = {}

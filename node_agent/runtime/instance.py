@@ -143,7 +143,7 @@ class ProgramInstance:
         raise last_error or ProgramError(self.name, "config", "no attach strategy")
 
     def _start_with(self, strategy: Strategy) -> None:
-        from bcc import BPF  # imported late: doctor and config checks work without it
+        from bcc import BPF, lib  # imported late: doctor and config checks work without it
 
         headers = self.features.headers   # finding them also points BCC_KERNEL_SOURCE at them
         if isinstance(headers, HeadersNotFound):
@@ -173,7 +173,8 @@ class ProgramInstance:
                         if a.kind == "tp_btf":
                             if a.fn not in self._btf_progs:
                                 self._btf_progs[a.fn] = tp_btf.load(bpf.dump_func(a.fn.encode()), a.fn,
-                                                                    a.target.split(":", 1)[1])
+                                                                    a.target.split(":", 1)[1],
+                                                                    lib.bpf_module_license(bpf.module))
                         else:
                             bpf.load_func(a.fn.encode(), prog_type[a.kind])
             except Exception as e:

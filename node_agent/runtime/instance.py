@@ -17,8 +17,8 @@ from pathlib import Path
 from node_agent.kernel.btf import BTFError, kernel_btf
 from node_agent.kernel.features import KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
-from node_agent.runtime.keys import KeyFields, KeyMismatch
 from node_agent.runtime import tp_btf
+from node_agent.runtime.keys import KeyFields, KeyMismatch
 from node_agent.runtime.prog_info import recursion_misses
 from node_agent.runtime.spec import ProgramSpec, Strategy
 

@@ -58,7 +58,7 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
 # them), with every program forced onto raw tracepoints (the first fallback)
 # and onto plain tracepoints (the last), which must all count the same. Where
 # `auto` takes raw tracepoints anyway (no tp_btf, no kprobes) that mode's
-# run is `auto`'s.
+# run is `auto`'s; where it takes kprobes, tp_btf gets a run too.
 KPROBES = KernelFeatures().kprobes
 TP_BTF = KernelFeatures().btf_tracepoint("tcp:tcp_probe")
 ATTACH_MODES = {
@@ -66,6 +66,9 @@ ATTACH_MODES = {
     "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
     **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}}
        if KPROBES or TP_BTF else {}),
+    # where `auto` puts rx_latency on kprobes, its tp_btf strategy gets a run of its own
+    **({"tp_btf": {name: {"attach": "tp_btf"} if "tp_btf" in CATALOGUE[name].option("attach").choices else {}
+                   for name in ALL_PROGRAMS}} if KPROBES and TP_BTF else {}),
 }
 EXPECTED_ATTACH = {mode: expected_attach(programs) for mode, programs in ATTACH_MODES.items()}
 

@@ -598,11 +598,17 @@ def test_every_declared_metric_is_scraped_with_its_type_and_labels(lab, agent):
     declared = {m.name: (m.kind, (tuple(LABELS) if m.pods else ()) + m.extra_labels)
                 for spec in CATALOGUE.values() for m in spec.metrics}
 
+    missing: list[str] = []
+
     def every_program_metric_has_series():
         s = agent.scrape()
-        return s if all(s.family(name) is not None and s.family(name).samples for name in declared) else None
+        missing[:] = [name for name in declared if s.family(name) is None or not s.family(name).samples]
+        return None if missing else s
     # dns timeouts come timeout_ms (5 s by default) after the unanswered query
-    s = wait_until(every_program_metric_has_series, timeout=25, what="a series of every declared metric")
+    try:
+        s = wait_until(every_program_metric_has_series, timeout=25, what="a series of every declared metric")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; still without a series: {', '.join(missing)}") from e
     for name, (kind, labels) in {**declared, **AGENT_METRICS}.items():
         family = s.family(name)
         assert family is not None, f"{name} is declared but not exported"

@@ -170,6 +170,65 @@ static __always_inline int np_sock_addresses(const u8 *sk, struct np_addr_pair *
 }
 #endif /* OFF_SKC_FAMILY */
 
+/* BTF-typed tracepoint programs (tp_btf, -DNP_ATTACH_TP_BTF) get their
+ * arguments as pointers the verifier knows the types of: members are read
+ * with plain loads (checked against the running kernel's BTF, at the same
+ * BTF offsets), not a bpf_probe_read_kernel call each. A member read must be
+ * a load at a constant offset from the argument, so the helpers below read
+ * every word before branching. Memory the argument only points to as a
+ * number (packet bytes behind skb->head) is still read with the helper. */
+#define NP_LOAD(type, base, off) (*(const volatile type *)((const u8 *)(base) + (off)))
+#define NP_LOAD_PTR(base, off) ((const u8 *)NP_LOAD(u64, base, off))
+
+#ifdef NP_ATTACH_TP_BTF
+/* A typed pointer's address as a number (to hash it): the verifier refuses
+ * any arithmetic but + and - on a pointer. Stored in a map and loaded back
+ * (volatile: really loaded), it is a number; an array lookup is inlined. */
+BPF_PERCPU_ARRAY(np_scratch, u64, 1);
+
+static __always_inline u64 np_address_of(const void *p)
+{
+    u32 zero = 0;
+    volatile u64 *scratch = np_scratch.lookup(&zero);
+    if (!scratch)
+        return 0;
+    *scratch = (u64)p;
+    return *scratch;
+}
+#endif
+
+#if defined(NP_ATTACH_TP_BTF) && defined(OFF_SKC_FAMILY)
+static __always_inline int np_btf_sock_addresses(const u8 *sk, struct np_addr_pair *pair)
+{
+    u16 family = NP_LOAD(u16, sk, OFF_SKC_FAMILY);
+    if (family == NP_AF_INET) {
+        u32 local = NP_LOAD(u32, sk, OFF_SKC_RCV_SADDR), remote = NP_LOAD(u32, sk, OFF_SKC_DADDR);
+        np_addr_from_v4_words(pair->local, &local);
+        np_addr_from_v4_words(pair->remote, &remote);
+        return 1;
+    }
+    if (family == NP_AF_INET6) {
+        u32 local[4] = {NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR), NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR + 4),
+                        NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR + 8), NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR + 12)};
+        u32 remote[4] = {NP_LOAD(u32, sk, OFF_SKC_V6_DADDR), NP_LOAD(u32, sk, OFF_SKC_V6_DADDR + 4),
+                         NP_LOAD(u32, sk, OFF_SKC_V6_DADDR + 8), NP_LOAD(u32, sk, OFF_SKC_V6_DADDR + 12)};
+        np_addr_copy_words(pair->local, local);
+        np_addr_copy_words(pair->remote, remote);
+        return 1;
+    }
+    return 0;
+}
+#endif
+
+#if defined(NP_ATTACH_TP_BTF) && defined(OFF_SKB_HEAD) && defined(OFF_SKB_NETWORK_HEADER)
+static __always_inline const u8 *np_btf_skb_network_header(const u8 *skb)
+{
+    const u8 *head = NP_LOAD_PTR(skb, OFF_SKB_HEAD);
+    u16 network_header = NP_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
+    return head ? head + network_header : 0;
+}
+#endif
+
 /* The IP header of an sk_buff (head + network_header, one window read) and
  * the addresses in it, for programs that get the sk_buff pointer. Needs the
  * BTF offsets OFF_SKB_HEAD and OFF_SKB_NETWORK_HEADER. */

@@ -1,9 +1,9 @@
 /* rx_latency: time a received IP packet spends in the kernel, by the
  * receiving (local) address and the sender.
  *
- * Three attach modes, chosen at compile time (-DNP_ATTACH_KPROBE,
- * -DNP_ATTACH_RAW_TRACEPOINT or -DNP_ATTACH_TRACEPOINT); docs/agent.md says
- * exactly what each measures.
+ * Four attach modes, chosen at compile time (-DNP_ATTACH_KPROBE,
+ * -DNP_ATTACH_TP_BTF, -DNP_ATTACH_RAW_TRACEPOINT or -DNP_ATTACH_TRACEPOINT);
+ * docs/agent.md says exactly what each measures.
  *
  *  kprobe:     ip_rcv / ipv6_rcv  ->  ip_local_deliver / ip6_input
  *              IP header validation, the netfilter PREROUTING hooks and the
@@ -11,7 +11,7 @@
  *              ip_rcv -> ip_rcv_finish idea, ended at a function that is
  *              always called, never inlined (through dst_input); ip_rcv_finish
  *              itself is inlined into ip_rcv on Debian 12's 6.1 and never fires.
- *  raw_tracepoint, tracepoint:
+ *  tp_btf, raw_tracepoint, tracepoint:
  *              net:netif_receive_skb  ->  skb:skb_copy_datagram_iovec
  *              from the packet entering the stack on the device it was last
  *              received on, to the first copy of its data to a reader
@@ -150,16 +150,15 @@ static __always_inline u64 rx_identity(const u32 hdr[RX_HDR_WORDS], int got)
     return 0;
 }
 
-static __always_inline void rx_start(u64 skb)
+/* data: skb->data, where the IP header is at the start (the device's
+ * header was pulled). */
+static __always_inline void rx_start_at(u64 skb, const u8 *data)
 {
     u32 index = inflight_index(skb);
     struct inflight_slot *slot = inflight.lookup(&index);
     if (!slot)
         return;
-    /* The IP header is at skb->data here: the device's header was pulled. */
-    const u8 *data = 0;
     u32 hdr[RX_HDR_WORDS];
-    bpf_probe_read_kernel(&data, sizeof(data), (const u8 *)skb + OFF_SKB_DATA);
     u64 packet = rx_identity(hdr, rx_read_header(data, hdr));
     if (!packet)
         return;                         /* not IP: never a sample */
@@ -171,7 +170,15 @@ static __always_inline void rx_start(u64 skb)
     slot->skb = skb;
 }
 
-static __always_inline void rx_end(u64 skb)
+static __always_inline void rx_start(u64 skb)
+{
+    const u8 *data = 0;
+    bpf_probe_read_kernel(&data, sizeof(data), (const u8 *)skb + OFF_SKB_DATA);
+    rx_start_at(skb, data);
+}
+
+/* ip: head + network_header, where the IP header is at the end. */
+static __always_inline void rx_end_at(u64 skb, const u8 *ip)
 {
     u32 index = inflight_index(skb);
     struct inflight_slot *slot = inflight.lookup(&index);
@@ -183,7 +190,7 @@ static __always_inline void rx_end(u64 skb)
     }
     u64 now = bpf_ktime_get_ns(), started = slot->started_ns, packet = slot->packet;
     u32 hdr[RX_HDR_WORDS];
-    int got = rx_read_header(np_skb_network_header((const u8 *)skb), hdr);
+    int got = rx_read_header(ip, hdr);
     if (rx_identity(hdr, got) != packet) {
         np_map_error(ERR_UNMATCHED);    /* another packet at this address: a clone, a reused skb */
         return;
@@ -214,6 +221,13 @@ static __always_inline void rx_end(u64 skb)
         np_map_error(ERR_LATENCY_NS);
     }
 }
+
+#if !defined(NP_ATTACH_TP_BTF)
+static __always_inline void rx_end(u64 skb)
+{
+    rx_end_at(skb, np_skb_network_header((const u8 *)skb));
+}
+#endif
 
 #if defined(NP_ATTACH_KPROBE)
 
@@ -259,6 +273,25 @@ int np_raw_skb_copy(struct bpf_raw_tracepoint_args *ctx)        /* skb_copy_data
     return 0;
 }
 
+#elif defined(NP_ATTACH_TP_BTF)
+
+/* The same two hooks as BTF-typed tracepoints: the sk_buff's members (data,
+ * head, network_header) are plain loads; the packet's bytes are still read
+ * with the helper (the verifier types head and data as numbers). */
+int np_btf_netif_receive(u64 *ctx)      /* netif_receive_skb(skb) */
+{
+    const u8 *skb = (const u8 *)ctx[0];
+    rx_start_at(np_address_of(skb), NP_LOAD_PTR(skb, OFF_SKB_DATA));
+    return 0;
+}
+
+int np_btf_skb_copy(u64 *ctx)           /* skb_copy_datagram_iovec(skb, len) */
+{
+    const u8 *skb = (const u8 *)ctx[0];
+    rx_end_at(np_address_of(skb), np_btf_skb_network_header(skb));
+    return 0;
+}
+
 #else
-#error "define NP_ATTACH_KPROBE, NP_ATTACH_TRACEPOINT or NP_ATTACH_RAW_TRACEPOINT"
+#error "define NP_ATTACH_KPROBE, NP_ATTACH_TP_BTF, NP_ATTACH_TRACEPOINT or NP_ATTACH_RAW_TRACEPOINT"
 #endif

@@ -3,8 +3,10 @@
  *
  * Hooks: sock:inet_sock_set_state (every TCP state change, with the
  * socket's own address as saddr), tcp:tcp_send_reset, tcp:tcp_receive_reset;
- * as raw tracepoints (np_raw_*: socket fields read at offsets from the
- * running kernel's BTF) or, failing that, as tracepoints (their records).
+ * as BTF-typed tracepoints (np_btf_*: socket fields are plain loads at
+ * offsets from the running kernel's BTF), else as raw tracepoints (np_raw_*:
+ * the same fields read with bpf_probe_read_kernel), else as tracepoints
+ * (their records).
  *
  * A connection is opened when it reaches ESTABLISHED: from SYN_SENT it is
  * outbound (we connected), from SYN_RECV inbound (we accepted). The socket is
@@ -283,3 +285,67 @@ int np_raw_tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)   /* tcp_recei
     return 0;
 }
 #endif /* NP_ATTACH_RAW_TRACEPOINT */
+
+#ifdef NP_ATTACH_TP_BTF
+#if !defined(OFF_SK_PROTOCOL) || !defined(OFF_SKC_STATE)
+#error "the agent passes sock member offsets from BTF"
+#endif
+
+#define TCP_TIME_WAIT 6
+#define TCP_NEW_SYN_RECV 12
+
+/* The same hooks as BTF-typed tracepoints: the socket's members are plain
+ * loads; the socket's address (the np_sockets key) is taken as a number. */
+
+int np_btf_tcp_state(u64 *ctx)          /* inet_sock_set_state(sk, oldstate, newstate) */
+{
+    const u8 *sk = (const u8 *)ctx[0];
+    int oldstate = ctx[1], newstate = ctx[2];
+
+    if (!interesting(oldstate, newstate))
+        return 0;
+    if (NP_LOAD(u16, sk, OFF_SK_PROTOCOL) != NP_IPPROTO_TCP)
+        return 0;
+    if (newstate == TCP_CLOSE) {
+        connection_closed(np_address_of(sk));
+        return 0;
+    }
+    struct np_addr_pair pair = {};
+    if (!np_btf_sock_addresses(sk, &pair))
+        return 0;
+    connection_established(np_address_of(sk), oldstate, &pair);
+    return 0;
+}
+
+/* tcp_send_reset(sk, skb, reason): as np_raw_tcp_send_reset. */
+int np_btf_tcp_send_reset(u64 *ctx)
+{
+    const u8 *sk = (const u8 *)ctx[0];
+    const u8 *skb = (const u8 *)ctx[1];
+    struct conn_key key = {};
+    u8 state = 0, protocol;
+
+    key.direction = DIR_SENT;
+    if (sk)
+        state = NP_LOAD(u8, sk, OFF_SKC_STATE);
+    if (sk && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV) {
+        if (!np_btf_sock_addresses(sk, &key.pair))
+            return 0;
+    } else if (!skb || !np_ip_addresses(np_btf_skb_network_header(skb), key.pair.remote, key.pair.local,
+                                        &protocol)) {
+        return 0;
+    }
+    count_reset(&key);
+    return 0;
+}
+
+int np_btf_tcp_receive_reset(u64 *ctx)  /* tcp_receive_reset(sk) */
+{
+    struct conn_key key = {};
+    key.direction = DIR_RECEIVED;
+    if (!np_btf_sock_addresses((const u8 *)ctx[0], &key.pair))
+        return 0;
+    count_reset(&key);
+    return 0;
+}
+#endif /* NP_ATTACH_TP_BTF */

@@ -36,10 +36,12 @@
  * with sk_buff members at offsets read from the running kernel's BTF
  * (OFF_SKB_*), never from the compile headers.
  *
- * Two ways to hook net_dev_start_xmit, counting the same: as a raw
- * tracepoint (np_raw_segment_sent; the default: the kernel builds no record,
- * which costs more than the program on this path) or as a tracepoint
- * (np_tcp_segment_sent; the record brings the ethertype and gso_segs).
+ * Three ways to hook net_dev_start_xmit, counting the same: as a BTF-typed
+ * tracepoint (np_btf_segment_sent, the default where the kernel loads it:
+ * sk_buff members are plain loads), as a raw tracepoint (np_raw_segment_sent;
+ * the kernel builds no record, which costs more than the program on this
+ * path) or as a tracepoint (np_tcp_segment_sent; the record brings the
+ * ethertype and gso_segs).
  * Retransmits are always tracepoints: they are rare.
  *
  * Cost: this runs for every transmitted packet of the node, so the checks
@@ -224,5 +226,33 @@ int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
     count_segments(&key, gso_segs);
     return 0;
 }
+
+#ifdef NP_ATTACH_TP_BTF
+/* BTF-typed tracepoint net_dev_start_xmit(skb, dev): the sk_buff's members
+ * are plain loads, in the order of the checks (a forwarded or bridged packet
+ * returns after the first, a non-IP one after the second); the IP header and
+ * gso_segs (behind head, which the verifier types as a number) are read
+ * with the helper. */
+int np_btf_segment_sent(u64 *ctx)
+{
+    const u8 *skb = (const u8 *)ctx[0];
+    struct np_addr_pair key = {};
+
+    if (NP_LOAD(int, skb, OFF_SKB_IIF) != 0)
+        return 0;
+    u16 protocol = __builtin_bswap16(NP_LOAD(u16, skb, OFF_SKB_PROTOCOL));
+    if (protocol != NP_ETH_P_IP && protocol != NP_ETH_P_IPV6)
+        return 0;
+    const u8 *head = NP_LOAD_PTR(skb, OFF_SKB_HEAD);
+    u16 network_header = NP_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
+    u32 end = NP_LOAD(u32, skb, OFF_SKB_END);
+    if (!head || !segment_key(head + network_header, &key))
+        return 0;
+    u16 gso_segs = 0;
+    bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs), head + end + OFF_SHINFO_GSO_SEGS);
+    count_segments(&key, gso_segs);
+    return 0;
+}
+#endif /* NP_ATTACH_TP_BTF */
 
 #endif /* NP_COUNT_SEGMENTS */

@@ -6,7 +6,12 @@
  * connections weigh more: the histogram is of samples, not of connections.
  * srtt 0 (no RTT measured yet) is skipped.
  *
- * Two attach modes, the same hook and the same numbers:
+ * Three attach modes, the same hook and the same numbers:
+ *  tp_btf: the BTF-typed tracepoint: the socket is a typed pointer, so
+ *      its addresses are plain loads and srtt_us one after
+ *      bpf_skc_to_tcp_sock (the verifier lets a struct sock pointer reach
+ *      only struct sock's members; the helper checks the socket is TCP and
+ *      returns it typed as the tcp_sock it is), no bpf_probe_read_kernel.
  *  raw_tracepoint: the program gets tcp_probe's arguments (sk, skb) and
  *      reads srtt_us and the addresses from the socket at offsets read from
  *      the running kernel's BTF; the kernel builds no record for it, which
@@ -89,6 +94,30 @@ int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb
     if ((srtt_us >> 3) == 0)
         return 0;
     if (!np_sock_addresses(sk, &key.pair))
+        return 0;
+    rtt_observe(&key, srtt_us >> 3);
+    return 0;
+}
+#endif
+
+#ifdef NP_ATTACH_TP_BTF
+#ifndef OFF_TCP_SRTT_US
+#error "the agent passes tcp_sock member offsets from BTF"
+#endif
+
+int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, skb) */
+{
+    struct rtt_key key = {};
+
+    if (rtt_skip())
+        return 0;
+    const u8 *tp = (const u8 *)bpf_skc_to_tcp_sock((void *)ctx[0]);
+    if (!tp)
+        return 0;
+    u32 srtt_us = NP_LOAD(u32, tp, OFF_TCP_SRTT_US);
+    if ((srtt_us >> 3) == 0)
+        return 0;
+    if (!np_btf_sock_addresses(tp, &key.pair))
         return 0;
     rtt_observe(&key, srtt_us >> 3);
     return 0;

@@ -7,9 +7,10 @@ programs that read struct fields get the offsets from /sys/kernel/btf/vmlinux
 instead, as -D constants at compile time.
 
 Only what that needs is parsed: the type section's layout, the members of
-structs and unions (anonymous members are searched through, as C does), and
-the values of named enums (codes the kernel defines, e.g. enum
-skb_drop_reason, renumbered between kernel versions).
+structs and unions (anonymous members are searched through, as C does), the
+values of named enums (codes the kernel defines, e.g. enum
+skb_drop_reason, renumbered between kernel versions), and the ids of the
+typedefs that name tracepoints for BTF-typed programs (btf_trace_<event>).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from functools import lru_cache
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
+TRACE_TYPEDEF_PREFIX = b"btf_trace_"
 
 # kinds (include/uapi/linux/btf.h)
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
@@ -48,6 +50,7 @@ class BTF:
         self._offsets = array("I", [0])
         self._by_name: dict[str, list[int]] = {}
         self._enums: dict[str, list[int]] = {}      # enum name -> offsets of its headers
+        self._trace_typedefs: dict[str, int] = {}   # btf_trace_<event> -> type id
         pos, end = self._types_at, self._types_at + type_len
         while pos < end:
             name_off, info, _ = struct.unpack_from("<III", data, pos)
@@ -58,6 +61,9 @@ class BTF:
                 self._by_name.setdefault(self._str(name_off), []).append(type_id)
             elif kind in (ENUM, ENUM64) and name_off:
                 self._enums.setdefault(self._str(name_off), []).append(pos)
+            elif kind == TYPEDEF and name_off and data.startswith(TRACE_TYPEDEF_PREFIX,
+                                                                  hdr_len + str_off + name_off):
+                self._trace_typedefs[self._str(name_off)] = type_id
             pos += 12 + _FIXED_EXTRA.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
 
     @classmethod
@@ -88,6 +94,14 @@ class BTF:
                     value -= 1 << 64
             values[self._str(name_off)] = value
         return values
+
+    def trace_typedef_id(self, event: str) -> int:
+        """Type id of btf_trace_<event>, the typedef a BTF-typed tracepoint
+        program (tp_btf) names as its attach point."""
+        type_id = self._trace_typedefs.get(TRACE_TYPEDEF_PREFIX.decode() + event)
+        if type_id is None:
+            raise BTFError(f"tracepoint {event} has no btf_trace_{event} in the kernel's BTF")
+        return type_id
 
     def _header(self, type_id: int) -> tuple[int, int, int, int, int]:
         pos = self._offsets[type_id]

@@ -148,6 +148,18 @@ class KernelFeatures:
         category, event = name.split(":", 1)
         return self.events_dir is not None and os.path.exists(os.path.join(self.events_dir, category, event, "id"))
 
+    def btf_tracepoint(self, name: str) -> bool:
+        """A BTF-typed program (tp_btf) can name this tracepoint: the kernel's
+        BTF has its btf_trace_<event> typedef (Linux 5.5+ with BTF)."""
+        if not self.btf:
+            return False
+        from node_agent.kernel.btf import BTFError, kernel_btf
+        try:
+            kernel_btf().trace_typedef_id(name.split(":", 1)[1])
+        except (BTFError, OSError):
+            return False
+        return True
+
     def kernel_function(self, name: str) -> bool:
         return name in self._kallsyms
 
@@ -164,6 +176,10 @@ class KernelFeatures:
             elif not os.path.exists(os.path.join(BCC_TRACEFS, "events", *tp.split(":", 1), "format")):
                 reasons.append(f"{BCC_TRACEFS} not mounted (BCC reads tracepoint formats there)")
         reasons += [f"tracepoint {tp} missing" for tp in strategy.raw_tracepoints if not self.tracepoint(tp)]
+        for tp in strategy.btf_tracepoints:
+            if not self.btf_tracepoint(tp):
+                reasons.append(f"tracepoint {tp} not in the kernel's BTF (no btf_trace_{tp.split(':', 1)[1]})"
+                               if self.btf else "kernel without BTF (tp_btf needs it)")
         if strategy.kprobe_functions:
             if not self.kprobes:
                 reasons.append("kernel without kprobes")

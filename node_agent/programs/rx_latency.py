@@ -4,7 +4,8 @@ Two spans (docs/agent.md): the classic kprobe on ip_rcv, ended where the
 packet is handed to local delivery (ip_local_deliver: ip_rcv_finish, the
 classic end, is inlined into ip_rcv on Debian 12's 6.1 and never fires), and on
 kernels without kprobes net:netif_receive_skb -> skb:skb_copy_datagram_iovec,
-hooked as raw tracepoints (no record built: cheaper) or, failing that, as
+hooked as BTF-typed tracepoints (tp_btf: sk_buff members are plain loads),
+else as raw tracepoints (no record built: cheaper than plain ones), else as
 tracepoints.
 """
 from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, Attach, MapInfo, Metric, Option,
@@ -17,6 +18,11 @@ KPROBE = Strategy("kprobe", (
     Attach("kprobe", "ip6_input", "np_ip_local_deliver"),
 ), defines=("NP_ATTACH_KPROBE",))
 
+TP_BTF = Strategy("tp_btf", (
+    Attach("tp_btf", "net:netif_receive_skb", "np_btf_netif_receive"),
+    Attach("tp_btf", "skb:skb_copy_datagram_iovec", "np_btf_skb_copy"),
+), defines=("NP_ATTACH_TP_BTF",))
+
 RAW_TRACEPOINT = Strategy("raw_tracepoint", (
     Attach("raw_tracepoint", "net:netif_receive_skb", "np_raw_netif_receive"),
     Attach("raw_tracepoint", "skb:skb_copy_datagram_iovec", "np_raw_skb_copy"),
@@ -28,7 +34,7 @@ TRACEPOINT = Strategy("tracepoint", (
 ), defines=("NP_ATTACH_TRACEPOINT",))
 
 
-MODES = ("kprobe", "raw_tracepoint", "tracepoint")
+MODES = ("kprobe", "tp_btf", "raw_tracepoint", "tracepoint")
 
 
 def _strategies(options: dict) -> tuple[str, ...]:
@@ -49,7 +55,7 @@ SPEC = ProgramSpec(
         Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
                min=1, max=600000, define="NP_MAX_AGE_NS", to_c=lambda ms: f"{ms * 1000000}ULL"),
     ),
-    strategies=(KPROBE, RAW_TRACEPOINT, TRACEPOINT),
+    strategies=(KPROBE, TP_BTF, RAW_TRACEPOINT, TRACEPOINT),
     choose_strategies=_strategies,
     metrics=(
         Metric("netprobe_rx_latency_seconds", "histogram",

@@ -1,12 +1,13 @@
 """tcp_connections: opens, closes, active, duration, resets (bpf/tcp_connections.c).
 
-Hooked as raw tracepoints (socket fields read at BTF offsets; the kernel
-builds no record and never skips them for another tracing program) or,
-failing that, as tracepoints: the same counts either way.
+Hooked as BTF-typed tracepoints (tp_btf: socket fields are plain loads at
+BTF offsets), else as raw tracepoints (the same fields read with
+bpf_probe_read_kernel; the kernel builds no record and never skips either for
+another tracing program), else as tracepoints: the same counts every way.
 """
-from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, SOCK_ADDRESS_OFFSETS, Attach, Code,
-                                     MapInfo, Metric, ProgramSpec, Strategy, attach_modes, attach_option,
-                                     max_entries_option)
+from node_agent.runtime.spec import (BTF_FIRST, PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, SOCK_ADDRESS_OFFSETS,
+                                     Attach, Code, MapInfo, Metric, ProgramSpec, Strategy, attach_option,
+                                     btf_first_modes, max_entries_option)
 
 # Which side opened the connection, and which side sent a reset: the C code
 # gets them as DIR_OUTBOUND, DIR_INBOUND, DIR_SENT, DIR_RECEIVED.
@@ -18,9 +19,14 @@ SPEC = ProgramSpec(
     name="tcp_connections",
     source="tcp_connections.c",
     summary="TCP connections opened (by direction), closed, active, their duration, and resets",
-    options=(attach_option("inet_sock_set_state, tcp_send_reset and tcp_receive_reset"),
+    options=(attach_option("inet_sock_set_state, tcp_send_reset and tcp_receive_reset", BTF_FIRST),
              max_entries_option(16384)),
     strategies=(
+        Strategy("tp_btf", (
+            Attach("tp_btf", "sock:inet_sock_set_state", "np_btf_tcp_state"),
+            Attach("tp_btf", "tcp:tcp_send_reset", "np_btf_tcp_send_reset"),
+            Attach("tp_btf", "tcp:tcp_receive_reset", "np_btf_tcp_receive_reset"),
+        ), defines=("NP_ATTACH_TP_BTF",)),
         Strategy("raw_tracepoint", (
             Attach("raw_tracepoint", "sock:inet_sock_set_state", "np_raw_tcp_state"),
             Attach("raw_tracepoint", "tcp:tcp_send_reset", "np_raw_tcp_send_reset"),
@@ -32,7 +38,7 @@ SPEC = ProgramSpec(
             Attach("tracepoint", "tcp:tcp_receive_reset", "np_tcp_receive_reset"),
         )),
     ),
-    choose_strategies=attach_modes,
+    choose_strategies=btf_first_modes,
     btf_offsets={**SOCK_ADDRESS_OFFSETS, **SKB_NETWORK_HEADER_OFFSETS,
                  "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
                  "OFF_SKC_STATE": ("sock_common", "skc_state")},

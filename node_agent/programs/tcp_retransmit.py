@@ -2,18 +2,24 @@
 
 rate(netprobe_tcp_retransmits_total) / rate(netprobe_tcp_segments_sent_total)
 is the retransmit ratio, both in segments. Counting segments sent needs net:net_dev_start_xmit
-(attach mode `raw_tracepoint`, else `tracepoint`); without it (or with
+(attach mode `tp_btf`, else `raw_tracepoint`, else `tracepoint`); without it (or with
 count_segments: false) the program runs with retransmits only, as attach mode
 `retransmits_only`.
 """
-from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
+from node_agent.runtime.spec import (BTF_FIRST, PODS, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
                                      ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
 
 RETRANSMITS = (Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit"),
                Attach("tracepoint", "tcp:tcp_retransmit_synack", "np_tcp_retransmit_synack"))
 
-# Segments sent hook every transmitted packet: as a raw tracepoint by default
-# (no record built), as a tracepoint where raw tracepoints are refused.
+# Segments sent hook every transmitted packet: as a BTF-typed tracepoint by
+# default (sk_buff members are plain loads), else as a raw tracepoint (no
+# record built), else as a tracepoint.
+SEGMENTS_TP_BTF = Strategy("tp_btf", (
+    *RETRANSMITS,
+    Attach("tp_btf", "net:net_dev_start_xmit", "np_btf_segment_sent"),
+), defines=("NP_COUNT_SEGMENTS", "NP_ATTACH_TP_BTF"))
+
 SEGMENTS_RAW = Strategy("raw_tracepoint", (
     *RETRANSMITS,
     Attach("raw_tracepoint", "net:net_dev_start_xmit", "np_raw_segment_sent"),
@@ -30,7 +36,7 @@ RETRANSMITS_ONLY = Strategy("retransmits_only", RETRANSMITS)
 def _strategies(options: dict) -> tuple[str, ...]:
     if not options["count_segments"]:
         return ("retransmits_only",)
-    return attach_modes(options) + ("retransmits_only",)
+    return attach_modes(options, BTF_FIRST) + ("retransmits_only",)
 
 
 SPEC = ProgramSpec(
@@ -39,14 +45,14 @@ SPEC = ProgramSpec(
     summary="retransmitted TCP segments and TCP segments sent, counted by the sending socket",
     options=(
         max_entries_option(8192),
-        attach_option("net_dev_start_xmit for segments sent"),
+        attach_option("net_dev_start_xmit for segments sent", BTF_FIRST),
         Option("count_segments", bool, True,
                "also count every TCP segment sent (netprobe_tcp_segments_sent_total, the ratio's "
                "denominator); one more tracepoint program that runs for every transmitted packet. "
                "false (or a kernel without net:net_dev_start_xmit): retransmits only, attach mode "
                "retransmits_only"),
     ),
-    strategies=(SEGMENTS_RAW, SEGMENTS_TRACEPOINT, RETRANSMITS_ONLY),
+    strategies=(SEGMENTS_TP_BTF, SEGMENTS_RAW, SEGMENTS_TRACEPOINT, RETRANSMITS_ONLY),
     choose_strategies=_strategies,
     metrics=(
         Metric("netprobe_tcp_retransmits_total", "counter",

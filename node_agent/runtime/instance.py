@@ -17,6 +17,7 @@ from pathlib import Path
 from node_agent.kernel.btf import BTFError, kernel_btf
 from node_agent.kernel.features import KernelFeatures
 from node_agent.kernel.headers import HeadersNotFound
+from node_agent.runtime import tp_btf
 from node_agent.runtime.keys import KeyFields, KeyMismatch
 from node_agent.runtime.prog_info import recursion_misses
 from node_agent.runtime.spec import ProgramSpec, Strategy
@@ -112,6 +113,9 @@ class ProgramInstance:
         self.attach: str | None = None
         self.keys: dict[str, KeyFields] = {}     # map name -> its key's fields (metric maps)
         self.failures: list[ProgramError] = []   # failed attempts, also of strategies that fell back
+        # tp_btf programs, loaded and attached here (BCC cannot): fn -> fd, and their link fds
+        self._btf_progs: dict[str, int] = {}
+        self._btf_links: list[int] = []
 
     @property
     def name(self) -> str:
@@ -139,7 +143,7 @@ class ProgramInstance:
         raise last_error or ProgramError(self.name, "config", "no attach strategy")
 
     def _start_with(self, strategy: Strategy) -> None:
-        from bcc import BPF  # imported late: doctor and config checks work without it
+        from bcc import BPF, lib  # imported late: doctor and config checks work without it
 
         headers = self.features.headers   # finding them also points BCC_KERNEL_SOURCE at them
         if isinstance(headers, HeadersNotFound):
@@ -166,13 +170,21 @@ class ProgramInstance:
             try:
                 with _captured_stderr() as err:
                     for a in strategy.attachments:
-                        bpf.load_func(a.fn.encode(), prog_type[a.kind])
+                        if a.kind == "tp_btf":
+                            if a.fn not in self._btf_progs:
+                                self._btf_progs[a.fn] = tp_btf.load(bpf.dump_func(a.fn.encode()), a.fn,
+                                                                    a.target.split(":", 1)[1],
+                                                                    lib.bpf_module_license(bpf.module))
+                        else:
+                            bpf.load_func(a.fn.encode(), prog_type[a.kind])
             except Exception as e:
                 raise ProgramError(self.name, "load", f"{e}: {_tail(err[0] if err else '')}") from e
             for a in strategy.attachments:
                 try:
                     with _captured_stderr() as err:
-                        if a.kind == "tracepoint":
+                        if a.kind == "tp_btf":
+                            self._btf_links.append(tp_btf.attach(self._btf_progs[a.fn]))
+                        elif a.kind == "tracepoint":
                             bpf.attach_tracepoint(tp=a.target.encode(), fn_name=a.fn.encode())
                         elif a.kind == "raw_tracepoint":   # named by the event alone
                             bpf.attach_raw_tracepoint(tp=a.target.split(":", 1)[1].encode(),
@@ -183,6 +195,7 @@ class ProgramInstance:
                     raise ProgramError(self.name, "attach",
                                        f"{a.kind} {a.target}: {e} {_tail(err[0] if err else '', 3)}".strip()) from e
         except ProgramError:
+            self._close_btf()
             bpf.cleanup()   # detach what did attach
             raise
         self.bpf = bpf
@@ -210,12 +223,20 @@ class ProgramInstance:
         missed = {}
         for fn, targets in hooks.items():
             loaded = self.bpf.funcs.get(fn.encode())
-            count = recursion_misses(loaded.fd) if loaded is not None else None
+            fd = self._btf_progs.get(fn, loaded.fd if loaded is not None else None)
+            count = recursion_misses(fd) if fd is not None else None
             if count is not None:
                 missed[",".join(targets)] = count
         return missed
 
+    def _close_btf(self) -> None:
+        """Detach and unload the tp_btf programs (links first)."""
+        for fd in self._btf_links + list(self._btf_progs.values()):
+            os.close(fd)
+        self._btf_links, self._btf_progs = [], {}
+
     def stop(self) -> None:
+        self._close_btf()
         if self.bpf is not None:
             self.bpf.cleanup()   # detaches every probe and closes program and map fds
             self.bpf = None

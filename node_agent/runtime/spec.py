@@ -63,8 +63,8 @@ def max_entries_option(default: int) -> Option:
 
 @dataclass(frozen=True)
 class Attach:
-    kind: str        # "tracepoint" | "raw_tracepoint" | "kprobe"
-    target: str      # "category:event" (both tracepoint kinds) or a kernel function name
+    kind: str        # "tracepoint" | "raw_tracepoint" | "tp_btf" | "kprobe"
+    target: str      # "category:event" (the tracepoint kinds) or a kernel function name
     fn: str          # the C function to attach
 
 
@@ -84,6 +84,11 @@ class Strategy:
     def raw_tracepoints(self) -> list[str]:
         """Tracepoints attached raw: the program gets the arguments, no record."""
         return [a.target for a in self.attachments if a.kind == "raw_tracepoint"]
+
+    @property
+    def btf_tracepoints(self) -> list[str]:
+        """Tracepoints attached as BTF-typed programs (tp_btf): the arguments, typed."""
+        return [a.target for a in self.attachments if a.kind == "tp_btf"]
 
     @property
     def kprobe_functions(self) -> list[str]:
@@ -275,6 +280,9 @@ class ProgramSpec:
 # ------------------------------------------------- shared by the program specs
 
 RAW_FIRST = ("raw_tracepoint", "tracepoint")
+# The hot programs: BTF-typed tracepoints (plain loads of socket and sk_buff
+# members) where the kernel loads them, else raw, else plain tracepoints.
+BTF_FIRST = ("tp_btf", "raw_tracepoint", "tracepoint")
 
 
 def attach_option(hooks: str, modes: tuple[str, ...] = RAW_FIRST) -> Option:
@@ -289,6 +297,11 @@ def attach_modes(options: dict, modes: tuple[str, ...] = RAW_FIRST) -> tuple[str
     """The strategies to try, by name, for the program's `attach` option."""
     mode = options["attach"]
     return modes if mode == "auto" else (mode,)
+
+
+def btf_first_modes(options: dict) -> tuple[str, ...]:
+    """attach_modes for a program with all three of BTF_FIRST."""
+    return attach_modes(options, BTF_FIRST)
 
 
 # BTF offsets of the members bpf/netprobe.h's helpers read.

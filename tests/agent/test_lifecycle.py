@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_harness import ALL_PROGRAMS, AgentProcess, bpf_ids, bpf_objects_of, need_root
+from agent_harness import ALL_PROGRAMS, AgentProcess, bpf_ids, bpf_objects_of, expected_attach, need_root
 from netprobe_testbed.netns import Lab, wait_until
 from node_agent.kernel.features import (CAPABILITY_NAMES, DAEMONSET_CAPABILITIES, KernelFeatures,
                                        effective_capabilities)
@@ -54,8 +54,8 @@ def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, 
     assert s.value("netprobe_program_up", program="tcp_connections") == 1
     assert s.value("netprobe_program_errors_total", program="rx_latency", stage="attach") == 1
     assert s.value("netprobe_program_errors_total", program="tcp_connections") == 0
-    assert [x.labels for x in s.all("netprobe_program_info")] == [{"program": "tcp_connections",
-                                                                   "attach": "raw_tracepoint"}]
+    assert [x.labels for x in s.all("netprobe_program_info")] == [
+        {"program": "tcp_connections", "attach": expected_attach({"tcp_connections": {}})["tcp_connections"]}]
     assert_counts_connections(lab, agent, 7101)
     assert "stage=attach" in agent.log_path.read_text()
 
@@ -63,7 +63,7 @@ def test_a_program_that_cannot_attach_leaves_the_others_working(lab, pods_file, 
 def test_a_failed_strategy_falls_back_to_the_next(lab):
     """A kprobe the features check is told exists (a kernel without kprobes,
     or a function not in this one): the attach really fails, and rx_latency
-    must come up on its raw tracepoints anyway, with the failed attempt
+    must come up on its next strategy anyway (tp_btf), with the failed attempt
     counted. On a kernel with kprobes the real functions would attach, so
     the kprobe strategy points at a function no kernel has."""
     import dataclasses
@@ -84,7 +84,7 @@ def test_a_failed_strategy_falls_back_to_the_next(lab):
     inst = ProgramInstance(spec, spec.defaults(), KprobesClaimed())
     try:
         inst.start()
-        assert inst.attach == "raw_tracepoint"
+        assert inst.attach == spec.strategies[1].name
         assert [(f.stage, f.program) for f in inst.failures] == [("attach", "rx_latency")]
         assert f"kprobe {target}" in inst.failures[0].message
     finally:
@@ -110,7 +110,7 @@ def test_a_refused_raw_tracepoint_falls_back_to_the_tracepoint(lab):
     raw, tracepoint = spec.strategy("raw_tracepoint"), spec.strategy("tracepoint")
     broken_raw = Strategy("raw_tracepoint", (Attach("raw_tracepoint", "tcp:netprobe_no_such_event",
                                                     "np_raw_tcp_rtt"),), defines=raw.defines)
-    spec = dataclasses.replace(spec, strategies=(broken_raw, tracepoint))
+    spec = dataclasses.replace(spec, strategies=(broken_raw, tracepoint), choose_strategies=None)   # these two, in order
     inst = ProgramInstance(spec, spec.defaults(), EverythingClaimed())
     try:
         inst.start()
@@ -129,7 +129,8 @@ def test_tcp_retransmit_without_the_transmit_tracepoint_counts_retransmits_only(
 
     class NoTransmitTracepoint(KernelFeatures):
         def unmet(self, strategy):
-            if "net:net_dev_start_xmit" in strategy.tracepoints + strategy.raw_tracepoints:
+            if "net:net_dev_start_xmit" in strategy.tracepoints + strategy.raw_tracepoints + \
+                    strategy.btf_tracepoints:
                 return ["tracepoint net:net_dev_start_xmit missing"]
             return super().unmet(strategy)
 

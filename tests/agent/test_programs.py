@@ -53,19 +53,34 @@ def pod_labels(lab_pod: str, peer: str | None = None) -> dict:
 
 
 # Every test runs with the defaults (`auto`: the hooks this kernel offers
-# first, by the agent's own feature detection: raw tracepoints, and kprobes
-# for rx_latency where the kernel has them) and with every program forced
-# onto plain tracepoints, the fallback, which must count the same. Where
-# `auto` takes kprobes, the raw tracepoints get a run of their own.
+# first, by the agent's own feature detection: BTF-typed tracepoints where
+# the kernel's BTF names them, and kprobes for rx_latency where the kernel has
+# them), with every program forced onto raw tracepoints (the first fallback)
+# and onto plain tracepoints (the last), which must all count the same. Where
+# `auto` takes raw tracepoints anyway (no tp_btf, no kprobes) that mode's
+# run is `auto`'s; where it takes kprobes, tp_btf gets a run too.
 KPROBES = KernelFeatures().kprobes
-# dns with query names on: its netprobe_dns_name_* families have series (and
-# that variant of the program loads in every mode)
+TP_BTF = KernelFeatures().btf_tracepoint("tcp:tcp_probe")
+
+
+def forced(mode: str, programs) -> dict:
+    """Every program of `programs` forced onto attach mode `mode`."""
+    return {name: {"attach": mode} for name in programs}
+
+
+# dns with query names on in every mode: its netprobe_dns_name_* families have
+# series (and that variant of the program loads in every mode)
+def with_query_names(programs: dict) -> dict:
+    return {name: {**options, **({"query_names": 8} if name == "dns" else {})} for name, options in programs.items()}
+
+
 ATTACH_MODES = {
-    "auto": {**ALL_PROGRAMS, "dns": {"query_names": 8}},
-    "tracepoint": {name: {"attach": "tracepoint", **({"query_names": 8} if name == "dns" else {})}
-                   for name in ALL_PROGRAMS},
-    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint", **({"query_names": 8} if name == "dns" else {})}
-                           for name in ALL_PROGRAMS}} if KPROBES else {}),
+    "auto": with_query_names({name: {} for name in ALL_PROGRAMS}),
+    "tracepoint": with_query_names(forced("tracepoint", ALL_PROGRAMS)),
+    **({"raw_tracepoint": with_query_names(forced("raw_tracepoint", ALL_PROGRAMS))} if KPROBES or TP_BTF else {}),
+    # where `auto` puts rx_latency on kprobes, its tp_btf strategy gets a run of its own
+    **({"tp_btf": with_query_names({name: {"attach": "tp_btf"} if "tp_btf" in CATALOGUE[name].option("attach").choices
+                                    else {} for name in ALL_PROGRAMS})} if KPROBES and TP_BTF else {}),
 }
 EXPECTED_ATTACH = {mode: expected_attach(programs) for mode, programs in ATTACH_MODES.items()}
 
@@ -115,8 +130,9 @@ def test_every_program_loads_with_the_attach_mode_the_kernel_offers(agent, attac
     s = agent.scrape()
     attach = {x.labels["program"]: x.labels["attach"] for x in s.all("netprobe_program_info")}
     assert attach == EXPECTED_ATTACH[attach_mode]
-    if attach_mode == "auto":   # the classic kprobes where the kernel has them, else the fallback
-        assert attach["rx_latency"] == ("kprobe" if KPROBES else "raw_tracepoint")
+    if attach_mode == "auto":   # the classic kprobes where the kernel has them, else the fallbacks
+        assert attach["rx_latency"] == ("kprobe" if KPROBES else "tp_btf" if TP_BTF else "raw_tracepoint")
+        assert attach["tcp_rtt"] == ("tp_btf" if TP_BTF else "raw_tracepoint")
     # A strategy the kernel lacks (no kprobes) was skipped, not failed.
     assert s.value("netprobe_program_errors_total") == 0
 
@@ -594,11 +610,17 @@ def test_every_declared_metric_is_scraped_with_its_type_and_labels(lab, agent):
     declared = {m.name: (m.kind, (tuple(LABELS) if m.pods else ()) + m.extra_labels)
                 for spec in CATALOGUE.values() for m in spec.metrics}
 
+    missing: list[str] = []
+
     def every_program_metric_has_series():
         s = agent.scrape()
-        return s if all(s.family(name) is not None and s.family(name).samples for name in declared) else None
+        missing[:] = [name for name in declared if s.family(name) is None or not s.family(name).samples]
+        return None if missing else s
     # dns timeouts come timeout_ms (5 s by default) after the unanswered query
-    s = wait_until(every_program_metric_has_series, timeout=25, what="a series of every declared metric")
+    try:
+        s = wait_until(every_program_metric_has_series, timeout=25, what="a series of every declared metric")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; still without a series: {', '.join(missing)}") from e
     for name, (kind, labels) in {**declared, **AGENT_METRICS}.items():
         family = s.family(name)
         assert family is not None, f"{name} is declared but not exported"
@@ -687,3 +709,80 @@ def test_a_wrong_btf_offset_is_caught_by_the_counts(lab, agent, attach_mode, age
         before.value("netprobe_rx_latency_seconds_count", **labels) >= n / 2
     assert skewed_after.value("netprobe_rx_latency_seconds_count", **labels) - \
         skewed_before.value("netprobe_rx_latency_seconds_count", **labels) == 0
+
+
+_ECHO_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+while True:
+    data = c.recv(65536)
+    if not data:
+        break
+    c.sendall(data)
+c.close()
+"""
+
+_ECHO_CLIENT = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+for _ in range(int(sys.argv[3])):
+    c.sendall(b"e" * 1000)
+    got = 0
+    while got < 1000:
+        got += len(c.recv(1000 - got))
+print("open", flush=True)
+sys.stdin.readline()
+c.close()
+"""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rtt_samples_of_open_and_closed_sockets_equal_the_raw_tracepoints_count(lab, agent, agent_factory,
+                                                                                 tmp_path, family):
+    """The module's agent and one with tcp_rtt forced onto raw tracepoints
+    watch the same connection: their RTT counts and sums are equal (the same
+    tcp_probe events, the same srtt read through another hook kind: tp_btf's
+    plain loads in `auto` here, the record on `tracepoint`), while it is open
+    and after it closed, on both sides, unless the kernel skipped runs (then
+    by at most that many)."""
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    raw = agent_factory({"tcp_rtt": {"attach": "raw_tracepoint"}}, pods).start()
+    port = 7100 + FAMILIES.index(family)
+    server = lab.pods["b"].popen([sys.executable, "-c", _ECHO_SERVER, ip(lab, "b", family), str(port)],
+                                 stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    sides = {"a": pod_labels("a", "b"), "b": pod_labels("b", "a")}
+    names = ("netprobe_tcp_rtt_seconds_count", "netprobe_tcp_rtt_seconds_sum")
+
+    def deltas(before, after):
+        return {(side, n): round(after.value(n, **l) - before.value(n, **l), 9) for side, l in sides.items()
+                for n in names}
+
+    def compare(before, after, raw_before, raw_after):
+        missed = missed_runs(before, after, "tcp:tcp_probe") + missed_runs(raw_before, raw_after, "tcp:tcp_probe")
+        ours, theirs = deltas(before, after), deltas(raw_before, raw_after)
+        assert ours[("a", names[0])] >= 50 and ours[("b", names[0])] >= 50, ours
+        if missed == 0:
+            assert ours == theirs
+        else:
+            assert all(abs(ours[(s, names[0])] - theirs[(s, names[0])]) <= missed for s in sides), (ours, theirs)
+
+    before, raw_before = agent.scrape(), raw.scrape()
+    client = lab.pods["a"].popen([sys.executable, "-c", _ECHO_CLIENT, ip(lab, "b", family), str(port), "100"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "open"
+        time.sleep(0.3)                     # the last ACKs
+        compare(before, agent.scrape(), raw_before, raw.scrape())      # open
+    finally:
+        client.stdin.write("\n")
+        client.stdin.flush()
+        client.wait(timeout=10)
+        server.wait(timeout=10)
+    time.sleep(0.3)
+    compare(before, agent.scrape(), raw_before, raw.scrape())          # closed

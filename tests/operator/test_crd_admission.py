@@ -122,7 +122,7 @@ def test_a_value_out_of_range_is_refused_naming_the_field(probes_api, program, f
 def test_a_choice_of_another_program_is_refused_naming_the_field(probes_api):
     """kprobe is an attach mode of rx_latency, not of tcp_rtt: the per-program rule says so."""
     status = _refusal(probes_api, [{"name": "tcp_rtt", "attach": "kprobe"}])
-    _assert_names(status, "spec.programs[0].attach", "attach of tcp_rtt must be one of auto, raw_tracepoint, tracepoint")
+    _assert_names(status, "spec.programs[0].attach", "attach of tcp_rtt must be one of auto, tp_btf, raw_tracepoint, tracepoint")
 
 
 def _wrong_types():

@@ -393,7 +393,7 @@ INVALID = {
                      "spec.agent.metricsPort", "should be greater than or equal to 1024"),
     "attach-mode-of-another-program": ({"programs": [{"name": "tcp_rtt", "attach": "kprobe"}]},
                                        "spec.programs[0].attach",
-                                       "attach of tcp_rtt must be one of auto, raw_tracepoint, tracepoint"),
+                                       "attach of tcp_rtt must be one of auto, tp_btf, raw_tracepoint, tracepoint"),
     "option-of-another-program": ({"programs": [{"name": "tcp_rtt", "inflightEntries": 4096}]},
                                   "spec.programs[0].inflightEntries", "inflightEntries is an option of rx_latency only"),
     "duplicate-program": ({"programs": [{"name": "tcp_rtt"}, {"name": "tcp_rtt"}]},

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -32,8 +31,8 @@ import time
 from pathlib import Path
 
 from bench.common import CpuAccount, Figure, log, running_agent, spread
-from bench.kernel_cost import (REFERENCE_TRACEPOINT, ReferencePrograms, bpf_stats_enabled, describe_prog,
-                               functions_by_program, prog_ids_of, prog_stats)
+from bench.hooks import Hook, empty_programs_on
+from bench.kernel_cost import bpf_stats_enabled, function_of, hooks_by_function, prog_ids_of, prog_stats
 from bench.metrics_render import count_series
 from netprobe_testbed.netns import Lab
 
@@ -44,6 +43,7 @@ IN_FLIGHT = 32          # outstanding queries at most in the high window (a reso
 FLOOD_NAMES = 256       # distinct names the client cycles through
 QUERY_NAMES = 64        # the agent's query_names cap
 MAX_RATE = 50_000       # bound on the high window's rate, whatever the machine
+FLOOR_HOOK = Hook("raw_tracepoint", "net:netif_receive_skb")   # one of dns's own hooks: an empty program there
 
 # Answers every datagram on port 53 with itself, the response bit set (NOERROR).
 _RESPONDER = r"""
@@ -132,7 +132,7 @@ def _window(agent, cpu: CpuAccount, client, server_ip: str, seconds: float, rate
 
 def run(workdir: Path, seconds: float, reps: int = 3, **_) -> list[Figure]:
     window_seconds = max(2 * seconds, 10)
-    owners = functions_by_program()
+    owners = hooks_by_function()
     runs = {}
     with Lab(["client", "server"], prefix="npd") as lab, bpf_stats_enabled():
         client, server = lab.pods["client"], lab.pods["server"]
@@ -159,25 +159,25 @@ def _agent_run(workdir: Path, resolver: Path, client, server_ip: str, names: int
         ids = prog_ids_of(agent.pid)
         if not ids:
             raise RuntimeError("the agent holds no BPF program file descriptors")
-        references = ReferencePrograms()
         cpu = CpuAccount(agent.pid)
         try:
-            reference_ids = prog_ids_of(os.getpid())
-            agent.metrics_text()          # the first scrape builds caches: not steady state
-            windows: dict[tuple[str, bool], list[dict]] = {}
-            for label, rate, scrape in [("low", LOW_RATE, True), ("high", 0, True)] * reps + [("high", 0, False)]:
-                w = _window(agent, cpu, client, server_ip, window_seconds, rate, ids | reference_ids, scrape)
-                windows.setdefault((label, scrape), []).append(w)
-                log(f"query_names {names}, {label:>4} rate, {'scraped' if scrape else 'not scraped':<11}: "
-                    f"{w['answered']:,} of {w['sent']:,} answered in {w['seconds']:.1f}s ({w['qps']:,.0f}/s), "
-                    f"agent CPU {w['cpu']:.4f}s, {w['scrapes']} scrapes, {w['series']:,} series")
+            with empty_programs_on([FLOOR_HOOK]) as empty:
+                floor_id = empty.ids[FLOOR_HOOK]
+                agent.metrics_text()          # the first scrape builds caches: not steady state
+                windows: dict[tuple[str, bool], list[dict]] = {}
+                for label, rate, scrape in [("low", LOW_RATE, True), ("high", 0, True)] * reps + [("high", 0, False)]:
+                    w = _window(agent, cpu, client, server_ip, window_seconds, rate, ids | {floor_id}, scrape)
+                    windows.setdefault((label, scrape), []).append(w)
+                    log(f"query_names {names}, {label:>4} rate, {'scraped' if scrape else 'not scraped':<11}: "
+                        f"{w['answered']:,} of {w['sent']:,} answered in {w['seconds']:.1f}s ({w['qps']:,.0f}/s), "
+                        f"agent CPU {w['cpu']:.4f}s, {w['scrapes']} scrapes, {w['series']:,} series")
         finally:
             cpu.close()
-            references.cleanup()
-        return {"windows": windows, "how": "cpuacct cgroup" if cpu.precise else "clock ticks of /proc/<pid>/stat"}
+        return {"windows": windows, "floor_id": floor_id,
+                "how": "cpuacct cgroup" if cpu.precise else "clock ticks of /proc/<pid>/stat"}
 
 
-def _figures(runs: dict, owners: dict[str, str]) -> list[Figure]:
+def _figures(runs: dict, owners: dict[str, tuple[str, list[Hook]]]) -> list[Figure]:
     def percent(w):
         return w["cpu"] / w["seconds"] * 100
 
@@ -208,22 +208,24 @@ def _figures(runs: dict, owners: dict[str, str]) -> list[Figure]:
         ]
         floor = []
         for h in high:
-            floor += [ns / n for n, ns, name in h["runs"].values() if name == "ref_empty" and n > 0]
+            n, ns, _ = h["runs"].get(result["floor_id"], (0, 0, ""))
+            floor += [ns / n] if n > 0 else []
         floor_ns = statistics.median(floor) if floor else math.nan
         per_prog: dict[str, list[tuple[int, int]]] = {}
         for h in high:
             for n, ns, name in h["runs"].values():
                 per_prog.setdefault(name, []).append((n, ns))
         for name, samples in sorted(per_prog.items()):
-            what = describe_prog(name, owners)
-            if not what.startswith("dns:"):
+            fn = function_of(name, owners)
+            if fn is None or owners[fn][0] != "dns":
                 continue
+            what = f"dns: {fn} ({', '.join(h.target for h in owners[fn][1])})"
             values = [ns / n for n, ns in samples if n > 0]
             value = statistics.median(values) if values else math.nan
             rate = statistics.median(n for n, _ in samples) / high[0]["seconds"]
             detail = f"{spread(values, '{:.0f}')} during the flood windows, {rate:,.0f} events/s"
             if not math.isnan(value) and not math.isnan(floor_ns):
-                detail += (f"; {value - floor_ns:,.0f} ns above the empty program on {REFERENCE_TRACEPOINT} "
+                detail += (f"; {value - floor_ns:,.0f} ns above the empty program on {FLOOR_HOOK} "
                            f"({floor_ns:,.0f})")
             figures.append(Figure(NAME, f"{what}, query flood, {tag}", value, "ns/event", detail=detail))
     return figures

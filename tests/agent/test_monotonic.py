@@ -39,11 +39,15 @@ NAMES = {"client": ("mono-clients", "client-1", "client"), "server": ("mono-serv
          "lossy": ("mono-servers", "lossy-1", "lossy")}
 OUR_NAMESPACES = {ident[0] for ident in NAMES.values()}
 
+# every attach mode this kernel runs: auto (tp_btf, or kprobes), raw
+# tracepoints where auto takes something else, plain tracepoints
 KPROBES = KernelFeatures().kprobes
+TP_BTF = KernelFeatures().btf_tracepoint("tcp:tcp_probe")
 ATTACH_MODES = {
     "auto": ALL_PROGRAMS,
     "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
-    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}} if KPROBES else {}),
+    **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}}
+       if KPROBES or TP_BTF else {}),
 }
 
 ECHO_PORT, PINGPONG_PORT, CLOSED_PORT = 7301, 7302, 7309

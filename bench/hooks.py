@@ -109,39 +109,45 @@ class EmptyPrograms:
         find_kernel_headers(set_env=True)   # BCC_KERNEL_SOURCE, as the agent does
         self.skipped = [h for h in dict.fromkeys(hooks) if h.kind not in EMPTY_KIND]
         self.hooks = [h for h in dict.fromkeys(hooks) if h.kind in EMPTY_KIND]
-        self.fns = {hook: f"empty_{i}" for i, hook in enumerate(self.hooks)}
-        self.bpf = BPF(text="".join(f"int {fn}(void *ctx) {{ return 0; }}\n" for fn in self.fns.values()))
+        # hooks whose empty counterpart is the same (tp_btf and raw_tracepoint
+        # on one event: dns and segments sent share net_dev_start_xmit) share
+        # one empty program: BCC attaches a raw tracepoint once per object
+        self._floor = {h: Hook(EMPTY_KIND[h.kind], h.target) for h in self.hooks}
+        floor_fns = {f: f"empty_{i}" for i, f in enumerate(dict.fromkeys(self._floor.values()))}
+        self.fns = {h: floor_fns[self._floor[h]] for h in self.hooks}
+        self.bpf = BPF(text="".join(f"int {fn}(void *ctx) {{ return 0; }}\n" for fn in floor_fns.values()))
         try:
-            self.ids = {hook: prog_id_of_fd(self.bpf.load_func(
-                fn, getattr(BPF, self._PROG_TYPES[EMPTY_KIND[hook.kind]])).fd) for hook, fn in self.fns.items()}
+            self._floor_ids = {f: prog_id_of_fd(self.bpf.load_func(fn, getattr(BPF, self._PROG_TYPES[f.kind])).fd)
+                               for f, fn in floor_fns.items()}
         except Exception:
             self.bpf.cleanup()
             raise
+        self._floor_fns = floor_fns
+        self.ids = {h: self._floor_ids[self._floor[h]] for h in self.hooks}
 
     @contextmanager
     def attached(self, hooks: list[Hook]):
         """The empty programs of `hooks` attached for the block; yields their ids."""
         done = []
         try:
-            for hook in (h for h in dict.fromkeys(hooks) if h in self.fns):
-                fn, kind = self.fns[hook], EMPTY_KIND[hook.kind]
-                if kind == "raw_tracepoint":
-                    self.bpf.attach_raw_tracepoint(tp=hook.target.split(":", 1)[1], fn_name=fn)
-                elif kind == "tracepoint":
-                    self.bpf.attach_tracepoint(tp=hook.target, fn_name=fn)
+            for floor in dict.fromkeys(self._floor[h] for h in hooks if h in self._floor):
+                fn = self._floor_fns[floor]
+                if floor.kind == "raw_tracepoint":
+                    self.bpf.attach_raw_tracepoint(tp=floor.target.split(":", 1)[1], fn_name=fn)
+                elif floor.kind == "tracepoint":
+                    self.bpf.attach_tracepoint(tp=floor.target, fn_name=fn)
                 else:
-                    self.bpf.attach_kprobe(event=hook.target, fn_name=fn)
-                done.append(hook)
-            yield {self.ids[h] for h in done}
+                    self.bpf.attach_kprobe(event=floor.target, fn_name=fn)
+                done.append(floor)
+            yield {self._floor_ids[f] for f in done}
         finally:
-            for hook in reversed(done):
-                kind = EMPTY_KIND[hook.kind]
-                if kind == "raw_tracepoint":
-                    self.bpf.detach_raw_tracepoint(tp=hook.target.split(":", 1)[1])
-                elif kind == "tracepoint":
-                    self.bpf.detach_tracepoint(tp=hook.target)
+            for floor in reversed(done):
+                if floor.kind == "raw_tracepoint":
+                    self.bpf.detach_raw_tracepoint(tp=floor.target.split(":", 1)[1])
+                elif floor.kind == "tracepoint":
+                    self.bpf.detach_tracepoint(tp=floor.target)
                 else:
-                    self.bpf.detach_kprobe(event=hook.target)
+                    self.bpf.detach_kprobe(event=floor.target)
 
     def cleanup(self) -> None:
         if self.bpf is not None:

@@ -296,9 +296,11 @@ def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyProgra
             f"{EMPTY_KIND[hook.kind]} program on {hook.target}; over empty by window: "
             f"{spread(deltas, '{:,.0f}')}; {rate(prog_id)}, {hook.kind}"))
     shown = {owners[i][2][0] for i in owners if owners[i][2]}
+    listed = set()
     for hook, prog_id in empty.ids.items():
-        if hook not in shown:
+        if hook not in shown or prog_id in listed:   # one empty program may serve two hooks (tp_btf and raw)
             continue
+        listed.add(prog_id)
         values = [v for v in ns_runs(prog_id) if not math.isnan(v)]
         what = f"reference: empty {EMPTY_KIND[hook.kind]} program ({hook.target}){tag}"
         reference_figures.append(Figure(NAME, what, statistics.median(values) if values else float("nan"),

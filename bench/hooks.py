@@ -95,7 +95,8 @@ class EmptyPrograms:
     compiled and loaded in this process once, attached to any subset of them
     by attached(): what any program on those hooks costs here. One program
     per hook, as the agent has (one program on several hooks would be skipped
-    whenever it nests in itself, and look cheaper than it is). `ids` maps each
+    whenever it nests in itself, and look cheaper than it is), except that
+    hooks with the same empty counterpart share it. `ids` maps each
     hook to its program's id; hooks of a kind with no empty counterpart (not
     in EMPTY_KIND) are left out and listed in `skipped`."""
 
@@ -113,8 +114,7 @@ class EmptyPrograms:
         # on one event: dns and segments sent share net_dev_start_xmit) share
         # one empty program: BCC attaches a raw tracepoint once per object
         self._floor = {h: Hook(EMPTY_KIND[h.kind], h.target) for h in self.hooks}
-        floor_fns = {f: f"empty_{i}" for i, f in enumerate(dict.fromkeys(self._floor.values()))}
-        self.fns = {h: floor_fns[self._floor[h]] for h in self.hooks}
+        self._floor_fns = floor_fns = {f: f"empty_{i}" for i, f in enumerate(dict.fromkeys(self._floor.values()))}
         self.bpf = BPF(text="".join(f"int {fn}(void *ctx) {{ return 0; }}\n" for fn in floor_fns.values()))
         try:
             self._floor_ids = {f: prog_id_of_fd(self.bpf.load_func(fn, getattr(BPF, self._PROG_TYPES[f.kind])).fd)
@@ -122,7 +122,6 @@ class EmptyPrograms:
         except Exception:
             self.bpf.cleanup()
             raise
-        self._floor_fns = floor_fns
         self.ids = {h: self._floor_ids[self._floor[h]] for h in self.hooks}
 
     @contextmanager

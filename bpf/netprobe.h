@@ -220,6 +220,38 @@ static __always_inline int np_btf_sock_addresses(const u8 *sk, struct np_addr_pa
 }
 #endif
 
+#if defined(NP_ATTACH_TP_BTF) && defined(OFF_SKC_FAMILY)
+/* The same into an address pair as four u64 words (a front-cache key): built
+ * in registers, 8 bytes at a time, so the key is hashed and compared without
+ * reading back narrower stores. */
+static __always_inline int np_btf_sock_address_words(const u8 *sk, u64 words[4])
+{
+    u16 family = NP_LOAD(u16, sk, OFF_SKC_FAMILY);
+    if (family == NP_AF_INET) {
+        words[0] = 0;
+        words[1] = 0xffff0000ULL | (u64)NP_LOAD(u32, sk, OFF_SKC_RCV_SADDR) << 32;
+        words[2] = 0;
+        words[3] = 0xffff0000ULL | (u64)NP_LOAD(u32, sk, OFF_SKC_DADDR) << 32;
+        return 1;
+    }
+    if (family == NP_AF_INET6) {
+#if OFF_SKC_V6_RCV_SADDR % 8 == 0 && OFF_SKC_V6_DADDR % 8 == 0
+        words[0] = NP_LOAD(u64, sk, OFF_SKC_V6_RCV_SADDR);
+        words[1] = NP_LOAD(u64, sk, OFF_SKC_V6_RCV_SADDR + 8);
+        words[2] = NP_LOAD(u64, sk, OFF_SKC_V6_DADDR);
+        words[3] = NP_LOAD(u64, sk, OFF_SKC_V6_DADDR + 8);
+#else
+        words[0] = NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR) | (u64)NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR + 4) << 32;
+        words[1] = NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR + 8) | (u64)NP_LOAD(u32, sk, OFF_SKC_V6_RCV_SADDR + 12) << 32;
+        words[2] = NP_LOAD(u32, sk, OFF_SKC_V6_DADDR) | (u64)NP_LOAD(u32, sk, OFF_SKC_V6_DADDR + 4) << 32;
+        words[3] = NP_LOAD(u32, sk, OFF_SKC_V6_DADDR + 8) | (u64)NP_LOAD(u32, sk, OFF_SKC_V6_DADDR + 12) << 32;
+#endif
+        return 1;
+    }
+    return 0;
+}
+#endif
+
 #if defined(NP_ATTACH_TP_BTF) && defined(OFF_SKB_HEAD) && defined(OFF_SKB_NETWORK_HEADER)
 static __always_inline const u8 *np_btf_skb_network_header(const u8 *skb)
 {
@@ -302,6 +334,59 @@ static __always_inline u32 np_log2_slot(u64 v)
     bits |= (v >> 1);                /* bits = floor(log2(v)) */
     bits += 1;
     return bits > NP_MAX_SLOT ? NP_MAX_SLOT : bits;
+}
+
+/* Front caches: a per-CPU, direct-mapped array of (key, value) entries in
+ * front of a per-CPU hash, for maps updated per packet. An event whose key
+ * is in its slot adds to the entry in place (an inlined array lookup and a
+ * key compare: no hash of the key in the kernel's map code, no bucket walk,
+ * no lock); a key that finds another in its slot takes the slot over and
+ * moves the other's counts into the hash. User space reads the hash first,
+ * then the fronts of every CPU, and adds them up. A takeover clears the
+ * entry's value, then writes the new key, then the new value, and only then
+ * adds the old counts to the hash (np_barrier() keeps the stores in that
+ * order): a read that falls between misses the old counts until the next
+ * scrape but never counts them twice or under the new key; at worst a copy
+ * torn by a takeover shows the new key's first event under the old key.
+ * The collector never lets a counter read lower than at its last scrape.
+ * Keys are compared and hashed a 4-byte word at a time (their size is a
+ * multiple of 4, padding zeroed). BCC rewrites map calls only in the
+ * program's own file, so each program spells out the lookup and the
+ * takeover (see tcp_rtt.c); the key work is here. */
+#ifndef NP_FRONT_ENTRIES_LOG2
+#define NP_FRONT_ENTRIES_LOG2 8 /* the program's front_cache_log2 option */
+#endif
+#define NP_FRONT_ENTRIES (1 << NP_FRONT_ENTRIES_LOG2)   /* per CPU */
+
+/* A multiplicative hash: a product's bits depend only on the factors' lower
+ * bits, so the high half is folded down before the last multiply (keys that
+ * differ only in an address's last byte, the top byte of a word, must not
+ * share a slot) and the index is the product's top bits. Keys are read 8
+ * bytes at a time: a key on the stack is declared NP_FRONT_KEY (aligned),
+ * and its size is a multiple of 8 with the padding zeroed. */
+#define NP_FRONT_KEY __attribute__((aligned(8)))
+#define np_barrier() asm volatile("" ::: "memory")
+#define NP_WORDS(type) (sizeof(type) / 8)
+#define NP_GOLDEN 0x9E3779B97F4A7C15ULL
+
+static __always_inline u32 np_front_index(const u64 *key, const int words)
+{
+    u64 h = 0;
+#pragma unroll
+    for (int i = 0; i < words; i++)
+        h = (h ^ key[i]) * NP_GOLDEN;
+    h ^= h >> 32;
+    h *= NP_GOLDEN;
+    return NP_FRONT_ENTRIES_LOG2 ? h >> (64 - NP_FRONT_ENTRIES_LOG2) : 0;
+}
+
+static __always_inline int np_front_same(const u64 *a, const u64 *b, const int words)
+{
+    u64 diff = 0;
+#pragma unroll
+    for (int i = 0; i < words; i++)
+        diff |= a[i] ^ b[i];
+    return diff == 0;
 }
 
 /* Counting idiom (BCC allows no map calls inside macros or included

@@ -80,6 +80,15 @@ static __always_inline u32 inflight_index(u64 skb)
 
 BPF_TABLE("lru_percpu_hash", struct latency_key, struct np_hist_value, latency_ns, NP_MAX_ENTRIES);
 
+/* latency_ns's front cache (netprobe.h): a flow's samples fall in a few
+ * slots, each added to its entry in place. */
+struct latency_front {
+    struct latency_key key;
+    struct np_hist_value value;
+};
+
+BPF_PERCPU_ARRAY(latency_ns_front, struct latency_front, NP_FRONT_ENTRIES);
+
 /* The first bytes of a packet from its IP header: enough for an IPv6
  * header with a TCP header carrying timestamps (40 + 32). Fewer are read
  * when the buffer ends sooner; only bytes inside the packet are used. */
@@ -202,7 +211,7 @@ static __always_inline void rx_end_at(u64 skb, const u8 *ip)
         return;
     }
     /* local = the packet's destination, remote = its source */
-    struct latency_key key = {};
+    struct latency_key key NP_FRONT_KEY = {};
     const u8 *bytes = (const u8 *)hdr;
     if ((bytes[0] >> 4) == 4) {
         np_addr_from_v4_words(key.pair.remote, hdr + 3);    /* bytes 12..16 */
@@ -211,12 +220,32 @@ static __always_inline void rx_end_at(u64 skb, const u8 *ip)
         np_addr_copy_words(key.pair.remote, hdr + 2);       /* bytes 8..24 */
         np_addr_copy_words(key.pair.local, hdr + 6);        /* bytes 24..40 */
     }
-    struct np_hist_value zero = {}, *bucket;
     key.slot = np_log2_slot(delta);
-    bucket = latency_ns.lookup_or_try_init(&key, &zero);
+    u32 front_index = np_front_index((const u64 *)&key, NP_WORDS(key));
+    struct latency_front *front = latency_ns_front.lookup(&front_index);
+    if (!front)
+        return;
+    if (np_front_same((const u64 *)&front->key, (const u64 *)&key, NP_WORDS(key))) {
+        front->value.count++;
+        front->value.sum += delta;
+        return;
+    }
+    /* take the slot over (value, key, value: netprobe.h), then move its old counts to the hash */
+    struct latency_front old = *front;
+    front->value.count = 0;
+    front->value.sum = 0;
+    np_barrier();
+    front->key = key;
+    np_barrier();
+    front->value.count = 1;
+    front->value.sum = delta;
+    np_barrier();
+    if (old.value.count == 0)
+        return;
+    struct np_hist_value zero = {}, *bucket = latency_ns.lookup_or_try_init(&old.key, &zero);
     if (bucket) {
-        bucket->count++;
-        bucket->sum += delta;
+        bucket->count += old.value.count;
+        bucket->sum += old.value.sum;
     } else {
         np_map_error(ERR_LATENCY_NS);
     }

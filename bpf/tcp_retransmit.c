@@ -69,6 +69,16 @@ BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmit_events, NP_MAX
 /* Declared in both attach modes (the collector reads it); empty unless
  * NP_COUNT_SEGMENTS attached the counter. */
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, segments_sent, NP_MAX_ENTRIES);
+/* segments_sent's front cache (netprobe.h): a flow's packets add to its
+ * entry in place
+ * (declared, like the hash, in both modes). */
+struct segments_front {
+    struct np_addr_pair key;
+    u64 value;
+};
+
+BPF_PERCPU_ARRAY(segments_sent_front, struct segments_front, NP_FRONT_ENTRIES);
+
 
 /* One retransmission of `segments` segments. */
 static __always_inline void count_retransmission(struct np_addr_pair *key, u64 segments)
@@ -150,9 +160,27 @@ static __always_inline int segment_key(const u8 *ip, struct np_addr_pair *key)
 static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_segs)
 {
     u64 segments = gso_segs ? gso_segs : 1;
-    u64 zero = 0, *count = segments_sent.lookup_or_try_init(key, &zero);
+    u32 index = np_front_index((const u64 *)key, NP_WORDS(*key));
+    struct segments_front *front = segments_sent_front.lookup(&index);
+    if (!front)
+        return;
+    if (np_front_same((const u64 *)&front->key, (const u64 *)key, NP_WORDS(*key))) {
+        front->value += segments;
+        return;
+    }
+    /* take the slot over, then move its old count to the hash */
+    struct segments_front old = *front;
+    front->value = 0;
+    np_barrier();
+    front->key = *key;
+    np_barrier();
+    front->value = segments;
+    np_barrier();
+    if (old.value == 0)
+        return;
+    u64 zero = 0, *count = segments_sent.lookup_or_try_init(&old.key, &zero);
     if (count)
-        *count += segments;
+        *count += old.value;
     else
         np_map_error(ERR_SEGMENTS_SENT);
 }
@@ -206,7 +234,7 @@ int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
     if (protocol != NP_ETH_P_IP && protocol != NP_ETH_P_IPV6)
         return 0;
     struct tx_fields f = {};
-    struct np_addr_pair key = {};
+    struct np_addr_pair key NP_FRONT_KEY = {};
     if (!tx_fields_of((const u8 *)args->skbaddr, &f) || !segment_key(f.head + f.network_header, &key))
         return 0;
     count_segments(&key, args->gso_segs);
@@ -218,7 +246,7 @@ int np_tcp_segment_sent(struct tracepoint__net__net_dev_start_xmit *args)
 int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
 {
     struct tx_fields f = {};
-    struct np_addr_pair key = {};
+    struct np_addr_pair key NP_FRONT_KEY = {};
     if (!tx_fields_of((const u8 *)ctx->args[0], &f) || !segment_key(f.head + f.network_header, &key))
         return 0;
     u16 gso_segs = 0;
@@ -236,7 +264,7 @@ int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
 int np_btf_segment_sent(u64 *ctx)
 {
     const u8 *skb = (const u8 *)ctx[0];
-    struct np_addr_pair key = {};
+    struct np_addr_pair key NP_FRONT_KEY = {};
 
     if (NP_LOAD(int, skb, OFF_SKB_IIF) != 0)
         return 0;

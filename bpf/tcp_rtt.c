@@ -48,14 +48,43 @@ static __always_inline int rtt_skip(void)
 }
 #endif
 
+/* rtt_us's front cache (netprobe.h): a socket's samples mostly fall in one
+ * slot, so a busy connection adds to its entry in place. */
+struct rtt_front {
+    struct rtt_key key;
+    struct np_hist_value value;
+};
+
+BPF_PERCPU_ARRAY(rtt_us_front, struct rtt_front, NP_FRONT_ENTRIES);
+
 static __always_inline void rtt_observe(struct rtt_key *key, u64 srtt)
 {
-    struct np_hist_value zero = {}, *bucket;
     key->slot = np_log2_slot(srtt);
-    bucket = rtt_us.lookup_or_try_init(key, &zero);
+    u32 index = np_front_index((const u64 *)key, NP_WORDS(*key));
+    struct rtt_front *front = rtt_us_front.lookup(&index);
+    if (!front)
+        return;
+    if (np_front_same((const u64 *)&front->key, (const u64 *)key, NP_WORDS(*key))) {
+        front->value.count++;
+        front->value.sum += srtt;
+        return;
+    }
+    /* take the slot over (value, key, value: netprobe.h), then move its old counts to the hash */
+    struct rtt_front old = *front;
+    front->value.count = 0;
+    front->value.sum = 0;
+    np_barrier();
+    front->key = *key;
+    np_barrier();
+    front->value.count = 1;
+    front->value.sum = srtt;
+    np_barrier();
+    if (old.value.count == 0)
+        return;
+    struct np_hist_value zero = {}, *bucket = rtt_us.lookup_or_try_init(&old.key, &zero);
     if (bucket) {
-        bucket->count++;
-        bucket->sum += srtt;
+        bucket->count += old.value.count;
+        bucket->sum += old.value.sum;
     } else {
         np_map_error(ERR_RTT_US);
     }
@@ -66,7 +95,7 @@ int np_tcp_rtt(struct tracepoint__tcp__tcp_probe *args)
     if (rtt_skip())
         return 0;
     u64 srtt = args->srtt;
-    struct rtt_key key = {};
+    struct rtt_key key NP_FRONT_KEY = {};
 
     if (srtt == 0)
         return 0;
@@ -86,7 +115,7 @@ int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb
 {
     const u8 *sk = (const u8 *)ctx->args[0];
     u32 srtt_us = 0;
-    struct rtt_key key = {};
+    struct rtt_key key NP_FRONT_KEY = {};
 
     if (rtt_skip())
         return 0;
@@ -107,7 +136,7 @@ int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb
 
 int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, skb) */
 {
-    struct rtt_key key = {};
+    struct rtt_key key NP_FRONT_KEY = {};
 
     if (rtt_skip())
         return 0;
@@ -117,7 +146,7 @@ int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, sk
     u32 srtt_us = NP_LOAD(u32, tp, OFF_TCP_SRTT_US);
     if ((srtt_us >> 3) == 0)
         return 0;
-    if (!np_btf_sock_addresses(tp, &key.pair))
+    if (!np_btf_sock_address_words(tp, (u64 *)&key.pair))
         return 0;
     rtt_observe(&key, srtt_us >> 3);
     return 0;

@@ -21,6 +21,7 @@ from node_agent.metrics.exposition import Family, HistogramFamily, ScalarFamily
 from node_agent.metrics.histogram import bucket_labels, cumulative_counts
 from node_agent.metrics.keys import labeler, slot_index
 from node_agent.metrics.labels import LabelScope, NodeAddresses
+from node_agent.metrics.monotonic import CounterFloor
 from node_agent.programs import CATALOGUE
 from node_agent.runtime.instance import ProgramInstance
 from node_agent.runtime.keys import KeyFields
@@ -60,6 +61,23 @@ def read_map(table) -> list[tuple[bytes, object]]:
     return out
 
 
+def read_front(table) -> list[tuple[bytes, object]]:
+    """The entries of a front cache (bpf/netprobe.h): a per-CPU array whose
+    value is a struct {key, value}; every CPU's used entries, as (raw key,
+    value) like read_map's. Empty slots (a zero value) are skipped."""
+    try:
+        items = list(table.items_lookup_batch())
+    except Exception:
+        items = table.items()
+    out = []
+    for _, per_cpu in items:
+        for entry in per_cpu:
+            value = _sum_cpus(entry.value)
+            if value if isinstance(value, int) else any(value.values()):
+                out.append((bytes(entry.key), value))
+    return out
+
+
 def agent_family(name: str, help: str) -> Metric:
     """One of the agent's own families, typed and labelled as AGENT_METRICS declares it."""
     kind, labels = AGENT_METRICS[name]
@@ -89,6 +107,7 @@ class AgentCollector:
         self._evictions: dict[tuple[str, str], int] = defaultdict(int)
         self.scrape_errors: dict[str, int] = defaultdict(int)
         self._errors = OnceLog(log)
+        self._floor = CounterFloor()
 
     # -- registry protocol --------------------------------------------
     def describe(self):
@@ -121,6 +140,7 @@ class AgentCollector:
                     self.scrape_errors[inst.name] += 1
                     self._errors.error("reading maps failed", e, program=inst.name)
             self._forget_stopped(instances)
+            self._floor.end_scrape()
         out += self._self_families(instances, map_stats, scope)
         if self.state.resolver is not None and hasattr(self.state.resolver, "collect"):
             try:
@@ -148,9 +168,12 @@ class AgentCollector:
         if spec.before_scrape is not None:
             spec.before_scrape(inst)
         maps: dict[str, list[tuple[bytes, int]]] = {}
+        fronts: dict[str, list[tuple[bytes, int]]] = {}
         for info in spec.maps:
             if info.entries_from_sum_of is None:
                 maps[info.name] = read_map(inst.table(info.name))
+                if info.front:   # after its hash: a count moving between them is missed, never read twice
+                    fronts[info.name] = read_front(inst.table(info.name + "_front"))
         for m in spec.metrics:
             if m.map not in maps:
                 maps[m.map] = read_map(inst.table(m.map))
@@ -175,10 +198,12 @@ class AgentCollector:
             return families
         for m in spec.metrics:
             family = self._family(m, self.label_names(m))
+            entries = maps[m.map] + fronts.get(m.map, [])
             if m.kind == "histogram":
-                self._add_histogram(family, m, maps[m.map], inst.keys[m.map], scope)
+                self._add_histogram(family, m, entries, inst.keys[m.map], scope)
             else:
-                self._add_scalar(family, m, maps[m.map], inst.keys[m.map], scope)
+                self._add_scalar(family, m, entries, inst.keys[m.map], scope)
+            self._floor.apply(family)
             families.append(family)
         return families
 

@@ -9,7 +9,8 @@ else as raw tracepoints (no record built: cheaper than plain ones), else as
 tracepoints.
 """
 from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, Attach, MapInfo, Metric, Option,
-                                     ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
+                                     ProgramSpec, Strategy, attach_modes, attach_option, front_cache_option,
+                                     max_entries_option)
 
 KPROBE = Strategy("kprobe", (
     Attach("kprobe", "ip_rcv", "np_ip_rcv"),
@@ -54,6 +55,7 @@ SPEC = ProgramSpec(
                min=1024, max=1 << 22, define="NP_INFLIGHT_ENTRIES"),
         Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
                min=1, max=600000, define="NP_MAX_AGE_NS", to_c=lambda ms: f"{ms * 1000000}ULL"),
+        front_cache_option(),
     ),
     strategies=(KPROBE, TP_BTF, RAW_TRACEPOINT, TRACEPOINT),
     choose_strategies=_strategies,
@@ -63,7 +65,7 @@ SPEC = ProgramSpec(
                "span measured depends on the attach mode (netprobe_program_info).",
                map="latency_ns", key=(PODS, SLOT), unit_seconds=1e-9, bucket_slots=(8, 30)),
     ),
-    maps=(MapInfo("latency_ns"),),
+    maps=(MapInfo("latency_ns", front=True),),
     map_errors=("latency_ns",),
     discards=("unmatched", "stale"),
     # the IP header at the start (skb->data) and at the end (head + network_header)

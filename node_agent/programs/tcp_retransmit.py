@@ -7,7 +7,8 @@ count_segments: false) the program runs with retransmits only, as attach mode
 `retransmits_only`.
 """
 from node_agent.runtime.spec import (BTF_FIRST, PODS, SKB_NETWORK_HEADER_OFFSETS, Attach, MapInfo, Metric, Option,
-                                     ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
+                                     ProgramSpec, Strategy, attach_modes, attach_option, front_cache_option,
+                                     max_entries_option)
 
 RETRANSMITS = (Attach("tracepoint", "tcp:tcp_retransmit_skb", "np_tcp_retransmit"),
                Attach("tracepoint", "tcp:tcp_retransmit_synack", "np_tcp_retransmit_synack"))
@@ -51,6 +52,7 @@ SPEC = ProgramSpec(
                "denominator); one more tracepoint program that runs for every transmitted packet. "
                "false (or a kernel without net:net_dev_start_xmit): retransmits only, attach mode "
                "retransmits_only"),
+        front_cache_option(),
     ),
     strategies=(SEGMENTS_TP_BTF, SEGMENTS_RAW, SEGMENTS_TRACEPOINT, RETRANSMITS_ONLY),
     choose_strategies=_strategies,
@@ -69,7 +71,7 @@ SPEC = ProgramSpec(
                "(the kernel's Tcp OutSegs + RetransSegs); the denominator of the retransmit ratio.",
                map="segments_sent", key=(PODS,)),
     ),
-    maps=(MapInfo("retransmits"), MapInfo("retransmit_events"), MapInfo("segments_sent")),
+    maps=(MapInfo("retransmits"), MapInfo("retransmit_events"), MapInfo("segments_sent", front=True)),
     map_errors=("retransmits", "segments_sent", "retransmit_events"),
     btf_offsets={
         "OFF_SKB_IIF": ("sk_buff", "skb_iif"),

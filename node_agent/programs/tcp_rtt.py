@@ -6,8 +6,8 @@ from the socket with bpf_probe_read_kernel; the kernel builds no record), else
 as a tracepoint: the same samples every way.
 """
 from node_agent.runtime.spec import (BTF_FIRST, PODS, SLOT, SOCK_ADDRESS_OFFSETS, Attach, MapInfo, Metric,
-                                     ProgramSpec, Strategy, attach_option, btf_first_modes, max_entries_option,
-                                     sample_every_option)
+                                     ProgramSpec, Strategy, attach_option, btf_first_modes, front_cache_option,
+                                     max_entries_option, sample_every_option)
 
 SPEC = ProgramSpec(
     name="tcp_rtt",
@@ -17,6 +17,7 @@ SPEC = ProgramSpec(
         attach_option("tcp_probe (the same samples every way)", BTF_FIRST),
         max_entries_option(16384),
         sample_every_option("received segment per CPU"),
+        front_cache_option(),
     ),
     strategies=(
         Strategy("tp_btf", (Attach("tp_btf", "tcp:tcp_probe", "np_btf_tcp_rtt"),),
@@ -32,7 +33,7 @@ SPEC = ProgramSpec(
                "segment they receive, by peer.",
                map="rtt_us", key=(PODS, SLOT), unit_seconds=1e-6, bucket_slots=(2, 22)),
     ),
-    maps=(MapInfo("rtt_us"),),
+    maps=(MapInfo("rtt_us", front=True),),
     map_errors=("rtt_us",),
     btf_offsets={"OFF_TCP_SRTT_US": ("tcp_sock", "srtt_us"), **SOCK_ADDRESS_OFFSETS},
 )

@@ -200,6 +200,9 @@ class MapInfo:
     # to the entry count (e.g. tracked sockets = sum of active connections).
     entries_from_sum_of: tuple[str, str] | None = None
     lru: bool = True
+    # A front cache (bpf/netprobe.h) sits before it: the per-CPU array
+    # <name>_front of {key, value} entries, added to the map's entries at scrape.
+    front: bool = False
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,15 @@ SKB_NETWORK_HEADER_OFFSETS = {    # np_skb_network_header
     "OFF_SKB_HEAD": ("sk_buff", "head"),
     "OFF_SKB_NETWORK_HEADER": ("sk_buff", "network_header"),
 }
+
+
+def front_cache_option() -> Option:
+    """Programs with a front cache (bpf/netprobe.h) before a per-packet map:
+    its size per CPU, as a power of two."""
+    return Option("front_cache_log2", int, 8,
+                  "the per-CPU front cache before the per-packet map holds 2^N keys (N=8: 256); a key whose slot "
+                  "another holds moves that one's counts to the map, so more slots, fewer moves, more to read "
+                  "per scrape", min=0, max=14, define="NP_FRONT_ENTRIES_LOG2")
 
 
 def sample_every_option(what: str) -> Option:

@@ -32,6 +32,7 @@ from agent_harness import ALL_PROGRAMS, AgentProcess, Scrape, expected_attach, n
 from netprobe_testbed import dns_server
 from netprobe_testbed.netns import TIME_SCALE, Lab
 from node_agent.kernel.features import KernelFeatures
+from node_agent.programs import CATALOGUE
 
 pytestmark = pytest.mark.kernel
 
@@ -43,9 +44,15 @@ OUR_NAMESPACES = {ident[0] for ident in NAMES.values()}
 # tracepoints where auto takes something else, plain tracepoints
 KPROBES = KernelFeatures().kprobes
 TP_BTF = KernelFeatures().btf_tracepoint("tcp:tcp_probe")
+# tracepoint mode with one-entry front caches (bpf/netprobe.h): every change
+# of key on a CPU moves counts from a front to its hash while scrapes read both
+ONE_ENTRY_FRONT = {"front_cache_log2": 0}
 ATTACH_MODES = {
     "auto": ALL_PROGRAMS,
-    "tracepoint": {name: {"attach": "tracepoint"} for name in ALL_PROGRAMS},
+    "tracepoint": {name: {"attach": "tracepoint",
+                          **(ONE_ENTRY_FRONT if any(o.name == "front_cache_log2" for o in CATALOGUE[name].options)
+                             else {})}
+                   for name in ALL_PROGRAMS},
     **({"raw_tracepoint": {name: {"attach": "raw_tracepoint"} for name in ALL_PROGRAMS}}
        if KPROBES or TP_BTF else {}),
 }

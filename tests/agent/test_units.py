@@ -307,3 +307,74 @@ def test_missed_runs_of_a_descriptor_that_is_no_program_are_unknown_not_zero():
     with open("/dev/null") as f:
         assert recursion_misses(f.fileno()) is None
     assert recursion_misses(-1) is None
+
+
+# ---------------------------------------------------------------- front caches and the counter floor
+
+class _Key(ctypes.Structure):
+    _fields_ = [("local", ctypes.c_uint8 * 16), ("remote", ctypes.c_uint8 * 16)]
+
+
+class _Hist(ctypes.Structure):
+    _fields_ = [("count", ctypes.c_uint64), ("sum", ctypes.c_uint64)]
+
+
+class _Entry(ctypes.Structure):
+    _fields_ = [("key", _Key), ("value", _Hist)]
+
+
+class _FakeFront:
+    """A per-CPU array as BCC's batch lookup yields it: (index, one entry per CPU)."""
+    def __init__(self, slots):
+        self.slots = slots
+
+    def items_lookup_batch(self):
+        for i, per_cpu in enumerate(self.slots):
+            yield ctypes.c_uint32(i), (_Entry * len(per_cpu))(*per_cpu)
+
+
+def _entry(last_byte: int, count: int, total: int) -> _Entry:
+    key = _Key()
+    key.local[15] = last_byte
+    return _Entry(key, _Hist(count, total))
+
+
+def test_a_front_cache_is_read_per_cpu_and_its_empty_slots_skipped():
+    from node_agent.metrics.collector import read_front
+    front = _FakeFront([[_entry(1, 3, 30), _entry(2, 5, 50)],    # slot 0: another key on each CPU
+                        [_Entry(), _entry(1, 1, 7)]])            # slot 1: empty on CPU 0
+    got = read_front(front)
+    assert [(raw[15], value) for raw, value in got] == [
+        (1, {"count": 3, "sum": 30}), (2, {"count": 5, "sum": 50}), (1, {"count": 1, "sum": 7})]
+
+
+def test_the_counter_floor_never_exports_a_counter_or_histogram_lower_than_last_time():
+    from node_agent.metrics.exposition import HistogramFamily, ScalarFamily
+    from node_agent.metrics.monotonic import FORGET_AFTER, CounterFloor
+
+    floor = CounterFloor()
+
+    def scrape(counter, gauge, histogram):
+        c = ScalarFamily("c_total", "counter", "", ["pod"])
+        g = ScalarFamily("g", "gauge", "", ["pod"])
+        h = HistogramFamily("h", "", ["pod"], ["1", "+Inf"])
+        c.rows, g.rows, h.rows = dict(counter), dict(gauge), dict(histogram)
+        for family in (c, g, h):
+            floor.apply(family)
+        floor.end_scrape()
+        return c.rows, g.rows, h.rows
+
+    scrape({("a",): 10, ("b",): 4}, {("a",): 9}, {("a",): ([2, 5], 7.0)})
+    # a move between hash and front read mid-way: a, b and the histogram's first bucket read low
+    c, g, h = scrape({("a",): 8, ("b",): 6}, {("a",): 3}, {("a",): ([1, 6], 6.5)})
+    assert c == {("a",): 10, ("b",): 6}
+    assert g == {("a",): 3}                      # gauges go down
+    assert h == {("a",): ([2, 6], 7.0)}
+    c, _, _ = scrape({("a",): 12}, {}, {})
+    assert c == {("a",): 12}                     # caught up: the kernel's count again
+    # a series unseen for 2 * FORGET_AFTER scrapes is forgotten (its memory too)
+    for _ in range(2 * FORGET_AFTER):
+        scrape({("a",): 12}, {}, {})
+    c, _, h = scrape({("a",): 12, ("b",): 1}, {}, {("a",): ([0, 1], 1.0)})
+    assert c == {("a",): 12, ("b",): 1} and h == {("a",): ([0, 1], 1.0)}
+    assert len(floor) == 3

@@ -1,8 +1,9 @@
 /* dns: DNS queries, responses, timeouts and latency, by the client (local)
  * and the server (peer), over UDP and TCP, IPv4 and IPv6.
  *
- * Hooks (docs/agent.md, "dns"): raw tracepoints on every packet, with the
- * cheapest possible refusal of non-DNS packets first.
+ * Hooks (docs/agent.md, "dns"): BTF-typed tracepoints (else raw, else plain
+ * tracepoints) on every packet, with the cheapest possible refusal of
+ * non-DNS packets first.
  *  - net_dev_start_xmit: a query is counted at the first transmit of a
  *    packet this node made (skb_iif == 0, as in tcp_retransmit.c: a packet
  *    that crossed a veth was received by its peer, which set skb_iif, so the
@@ -203,6 +204,21 @@ struct skb_fields {
                OFF_SKB_LEN + 4), NP_MAX(NP_MAX(OFF_SKB_DATA_LEN + 4, OFF_SKB_END + 4), \
                NP_MAX(OFF_SKB_HEAD + 8, OFF_SKB_DATA + 8))))
 
+#ifdef NP_ATTACH_TP_BTF
+/* BTF-typed tracepoints: the same members as plain loads, no helper call. */
+static __always_inline int skb_fields_of(const u8 *skb, struct skb_fields *f)
+{
+    f->input_ifindex = NP_LOAD(int, skb, OFF_SKB_IIF);
+    f->protocol = __builtin_bswap16(NP_LOAD(u16, skb, OFF_SKB_PROTOCOL));
+    f->network_header = NP_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
+    f->len = NP_LOAD(u32, skb, OFF_SKB_LEN);
+    f->data_len = NP_LOAD(u32, skb, OFF_SKB_DATA_LEN);
+    f->end = NP_LOAD(u32, skb, OFF_SKB_END);
+    f->head = NP_LOAD_PTR(skb, OFF_SKB_HEAD);
+    f->data = NP_LOAD_PTR(skb, OFF_SKB_DATA);
+    return f->head != 0;
+}
+#else
 static __always_inline int skb_fields_of(const u8 *skb, struct skb_fields *f)
 {
     u16 protocol_be = 0;
@@ -226,6 +242,7 @@ static __always_inline int skb_fields_of(const u8 *skb, struct skb_fields *f)
     f->protocol = __builtin_bswap16(protocol_be);
     return f->head != 0;
 }
+#endif
 
 /* A DNS packet's addresses, ports and where its payload starts. */
 struct dns_packet {
@@ -689,6 +706,22 @@ int np_dns_xmit_tp(struct tracepoint__net__net_dev_start_xmit *args)
 int np_dns_receive_tp(struct tracepoint__net__netif_receive_skb *args)
 {
     on_response((const u8 *)args->skbaddr);
+    return 0;
+}
+
+#elif defined(NP_ATTACH_TP_BTF)
+
+/* BTF-typed tracepoints: the sk_buff's members are plain loads (the
+ * packet's bytes behind head are still read with the helper). */
+int np_btf_dns_xmit(u64 *ctx)           /* net_dev_start_xmit(skb, dev) */
+{
+    on_query((const u8 *)ctx[0]);
+    return 0;
+}
+
+int np_btf_dns_receive(u64 *ctx)        /* netif_receive_skb(skb) */
+{
+    on_response((const u8 *)ctx[0]);
     return 0;
 }
 

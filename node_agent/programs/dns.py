@@ -2,7 +2,8 @@
 
 Queries are counted at their first transmit on this node (net_dev_start_xmit,
 skb_iif 0), responses at the first receive hop that matches a pending query
-(netif_receive_skb); both as raw tracepoints, with a port check before
+(netif_receive_skb); both as BTF-typed tracepoints (else raw, else plain
+tracepoints), with a port check before
 anything else (docs/agent.md, "dns"). A query with no response within
 `timeout_ms` is a timeout, decided by the first of: the agent at scrape time
 (expire_pending below), a retransmission, a late response.
@@ -14,8 +15,9 @@ import platform
 import struct
 import time
 
-from node_agent.runtime.spec import (PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, Attach, Code, MapInfo, Metric, Option,
-                                     ProgramSpec, Strategy, attach_modes, attach_option, max_entries_option)
+from node_agent.runtime.spec import (BTF_FIRST, PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, Attach, Code, MapInfo, Metric,
+                                     Option, ProgramSpec, Strategy, attach_option, btf_first_modes,
+                                     max_entries_option)
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ SPEC = ProgramSpec(
     source="dns.c",
     summary="DNS queries, responses by rcode, timeouts and latency, by client pod and server, over UDP and TCP",
     options=(
-        attach_option("net_dev_start_xmit and netif_receive_skb (the same counts either way)"),
+        attach_option("net_dev_start_xmit and netif_receive_skb (the same counts every way)", BTF_FIRST),
         max_entries_option(8192),
         Option("pending_entries", int, 16384,
                "queries awaiting a response that can be tracked at once (64 bytes each); a query that finds "
@@ -215,6 +217,10 @@ SPEC = ProgramSpec(
                min=0, max=4096, define="NP_QUERY_NAMES"),
     ),
     strategies=(
+        Strategy("tp_btf", (
+            Attach("tp_btf", "net:net_dev_start_xmit", "np_btf_dns_xmit"),
+            Attach("tp_btf", "net:netif_receive_skb", "np_btf_dns_receive"),
+        ), defines=("NP_ATTACH_TP_BTF",)),
         Strategy("raw_tracepoint", (
             Attach("raw_tracepoint", "net:net_dev_start_xmit", "np_dns_xmit"),
             Attach("raw_tracepoint", "net:netif_receive_skb", "np_dns_receive"),
@@ -224,7 +230,7 @@ SPEC = ProgramSpec(
             Attach("tracepoint", "net:netif_receive_skb", "np_dns_receive_tp"),
         ), defines=("NP_ATTACH_TRACEPOINT",)),
     ),
-    choose_strategies=attach_modes,
+    choose_strategies=btf_first_modes,
     metrics=(
         Metric("netprobe_dns_queries_total", "counter",
                "DNS queries sent by this pod, by server, query type and transport (a retransmission of a "

@@ -63,26 +63,83 @@ BPF_TABLE("lru_percpu_hash", struct conn_key, struct conn_counts, connections, N
 BPF_TABLE("lru_percpu_hash", struct duration_key, struct np_hist_value, duration_us, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct conn_key, u64, resets, NP_MAX_ENTRIES);
 
+/* Front caches (netprobe.h) before connections and duration_us: a pod
+ * pair's connections open and close on the same few keys. */
+struct connections_front {
+    struct conn_key key;
+    struct conn_counts value;
+};
+
+struct duration_front {
+    struct duration_key key;
+    struct np_hist_value value;
+};
+
+BPF_PERCPU_ARRAY(connections_front, struct connections_front, NP_FRONT_ENTRIES);
+BPF_PERCPU_ARRAY(duration_us_front, struct duration_front, NP_FRONT_ENTRIES);
+
+/* The counts of key, in its front entry: the caller adds to them. A key that
+ * finds another in its slot takes it over (value, key: netprobe.h) and moves
+ * the other's counts to the hash. */
 static __always_inline struct conn_counts *counts_of(struct conn_key *key)
 {
-    struct conn_counts zero = {};
-    struct conn_counts *counts = connections.lookup_or_try_init(key, &zero);
-    if (!counts)
-        np_map_error(ERR_CONNECTIONS);
-    return counts;
+    u32 index = np_front_index((const u64 *)key, NP_WORDS(*key));
+    struct connections_front *front = connections_front.lookup(&index);
+    if (!front)
+        return 0;
+    if (np_front_same((const u64 *)&front->key, (const u64 *)key, NP_WORDS(*key)))
+        return &front->value;
+    struct connections_front old = *front;
+    front->value.opened = 0;
+    front->value.closed = 0;
+    front->value.active = 0;
+    np_barrier();
+    front->key = *key;
+    np_barrier();
+    if (old.value.opened || old.value.closed || old.value.active) {
+        struct conn_counts zero = {}, *counts = connections.lookup_or_try_init(&old.key, &zero);
+        if (counts) {
+            counts->opened += old.value.opened;
+            counts->closed += old.value.closed;
+            counts->active += old.value.active;
+        } else {
+            np_map_error(ERR_CONNECTIONS);
+        }
+    }
+    return &front->value;
 }
 
 static __always_inline void observe_duration(struct conn_key *conn, u64 lived_us)
 {
-    struct duration_key key = {};
-    struct np_hist_value zero = {}, *bucket;
+    struct duration_key key NP_FRONT_KEY = {};
 
     key.conn = *conn;
     key.slot = np_log2_slot(lived_us);
-    bucket = duration_us.lookup_or_try_init(&key, &zero);
+    u32 index = np_front_index((const u64 *)&key, NP_WORDS(key));
+    struct duration_front *front = duration_us_front.lookup(&index);
+    if (!front)
+        return;
+    if (np_front_same((const u64 *)&front->key, (const u64 *)&key, NP_WORDS(key))) {
+        front->value.count++;
+        front->value.sum += lived_us;
+        return;
+    }
+    /* take the slot over (value, key, value: netprobe.h), then move its old counts to the hash */
+    struct duration_front old = *front;
+    front->value.count = 0;
+    front->value.sum = 0;
+    np_barrier();
+    front->key = key;
+    np_barrier();
+    front->value.count = 1;
+    front->value.sum = lived_us;
+    np_barrier();
+    if (old.value.count == 0)
+        return;
+    struct np_hist_value zero = {}, *bucket = duration_us.lookup_or_try_init(&old.key, &zero);
     if (bucket) {
-        bucket->count++;
-        bucket->sum += lived_us;
+        bucket->count += old.value.count;
+        bucket->sum += old.value.sum;
     } else {
         np_map_error(ERR_DURATION_US);
     }

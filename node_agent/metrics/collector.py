@@ -182,9 +182,11 @@ class AgentCollector:
         for info in spec.maps:
             if info.entries_from_sum_of is not None:
                 source, field = info.entries_from_sum_of
-                entries = sum(v[field] for _, v in maps[source])
+                entries = sum(v[field] for _, v in maps[source] + fronts.get(source, []))
             else:
-                entries = len(maps[info.name])
+                # a key in a front takes a hash entry when it moves: count the keys of both
+                entries = len({k for k, _ in maps[info.name]} | {k for k, _ in fronts[info.name]}) \
+                    if info.front else len(maps[info.name])
                 if info.lru and any(m.map == info.name for m in spec.metrics):
                     keys = {k for k, _ in maps[info.name]}
                     prev = self._previous_keys.get((id(inst), info.name))

@@ -7,7 +7,7 @@ another tracing program), else as tracepoints: the same counts every way.
 """
 from node_agent.runtime.spec import (BTF_FIRST, PODS, SKB_NETWORK_HEADER_OFFSETS, SLOT, SOCK_ADDRESS_OFFSETS,
                                      Attach, Code, MapInfo, Metric, ProgramSpec, Strategy, attach_option,
-                                     btf_first_modes, max_entries_option)
+                                     btf_first_modes, front_cache_option, max_entries_option)
 
 # Which side opened the connection, and which side sent a reset: the C code
 # gets them as DIR_OUTBOUND, DIR_INBOUND, DIR_SENT, DIR_RECEIVED.
@@ -20,7 +20,7 @@ SPEC = ProgramSpec(
     source="tcp_connections.c",
     summary="TCP connections opened (by direction), closed, active, their duration, and resets",
     options=(attach_option("inet_sock_set_state, tcp_send_reset and tcp_receive_reset", BTF_FIRST),
-             max_entries_option(16384)),
+             max_entries_option(16384), front_cache_option()),
     strategies=(
         Strategy("tp_btf", (
             Attach("tp_btf", "sock:inet_sock_set_state", "np_btf_tcp_state"),
@@ -63,7 +63,7 @@ SPEC = ProgramSpec(
     ),
     maps=(
         MapInfo("np_sockets", entries_from_sum_of=("connections", "active"), lru=False),
-        MapInfo("connections"), MapInfo("duration_us"), MapInfo("resets"),
+        MapInfo("connections", front=True), MapInfo("duration_us", front=True), MapInfo("resets"),
     ),
     map_errors=("np_sockets", "connections", "duration_us", "resets"),
 )

@@ -800,3 +800,28 @@ def test_rtt_samples_of_open_and_closed_sockets_equal_the_raw_tracepoints_count(
         server.wait(timeout=10)
     time.sleep(0.3)
     compare(before, agent.scrape(), raw_before, raw.scrape())          # closed
+
+
+def test_rx_latency_sample_every_observes_about_one_packet_in_n(lab, agent, attach_mode, agent_factory, tmp_path):
+    """The module's agent (every packet) and one with rx_latency sample_every 4
+    on the same attach mode watch the same request/response connections: the
+    sampled histogram counts about a quarter of the delivered packets (each
+    end drawn at random), with sane values."""
+    every, n = 4, 200
+    pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
+    options = {**ATTACH_MODES[attach_mode]["rx_latency"], "sample_every": every}
+    sampled = agent_factory({"rx_latency": options}, pods).start()
+    port = 7081
+    lab.serve_tcp("b", port)
+    labels = pod_labels("b", "a")
+    full_before, sampled_before = agent.scrape(), sampled.scrape()
+    assert lab.connect_many("a", lab.pods["b"].ip4, port, n) == n
+    full_after, sampled_after = agent.scrape(), sampled.scrape()
+
+    def delta(after, before, name):
+        return after.value(name, **labels) - before.value(name, **labels)
+    full = delta(full_after, full_before, "netprobe_rx_latency_seconds_count")
+    got = delta(sampled_after, sampled_before, "netprobe_rx_latency_seconds_count")
+    assert full >= n
+    assert 0.5 * full / every <= got <= 1.5 * full / every + 2, (full, got)
+    assert 0 < delta(sampled_after, sampled_before, "netprobe_rx_latency_seconds_sum") / got < 1.0

@@ -4,7 +4,8 @@
  *  - Addresses are 16 bytes: IPv6 as is, IPv4 as IPv4-mapped (::ffff:a.b.c.d),
  *    so one key layout serves both families.
  *  - Counters live in per-CPU LRU hashes keyed by what the labels need;
- *    user space sums the CPUs at scrape time and never deletes.
+ *    user space sums the CPUs at scrape time and never deletes. Maps updated
+ *    per packet or per connection have a front cache (below) before them.
  *  - Histograms are log2: the slot is the last key field; slot s counts
  *    values v with 2^(s-1) < v <= 2^s (slot 0: v <= 1), so bucket s has the
  *    inclusive upper bound le = 2^s units. The value (struct np_hist_value)

@@ -338,7 +338,8 @@ static __always_inline u32 np_log2_slot(u64 v)
 }
 
 /* Front caches: a per-CPU, direct-mapped array of (key, value) entries in
- * front of a per-CPU hash, for maps updated per packet. An event whose key
+ * front of a per-CPU hash, for maps updated per packet or per connection
+ * (MapInfo(front=True) in the program's description). An event whose key
  * is in its slot adds to the entry in place (an inlined array lookup and a
  * key compare: no hash of the key in the kernel's map code, no bucket walk,
  * no lock); a key that finds another in its slot takes the slot over and
@@ -350,10 +351,9 @@ static __always_inline u32 np_log2_slot(u64 v)
  * scrape but never counts them twice or under the new key; at worst a copy
  * torn by a takeover shows the new key's first event under the old key.
  * The collector never lets a counter read lower than at its last scrape.
- * Keys are compared and hashed a 4-byte word at a time (their size is a
- * multiple of 4, padding zeroed). BCC rewrites map calls only in the
- * program's own file, so each program spells out the lookup and the
- * takeover (see tcp_rtt.c); the key work is here. */
+ * Keys are compared and hashed 8 bytes at a time (below). BCC rewrites map
+ * calls only in the program's own file, so each program spells out the
+ * lookup and the takeover (see tcp_rtt.c); the key work is here. */
 #ifndef NP_FRONT_ENTRIES_LOG2
 #define NP_FRONT_ENTRIES_LOG2 8 /* the program's front_cache_log2 option */
 #endif

@@ -70,15 +70,13 @@ BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, retransmit_events, NP_MAX
  * NP_COUNT_SEGMENTS attached the counter. */
 BPF_TABLE("lru_percpu_hash", struct np_addr_pair, u64, segments_sent, NP_MAX_ENTRIES);
 /* segments_sent's front cache (netprobe.h): a flow's packets add to its
- * entry in place
- * (declared, like the hash, in both modes). */
+ * entry in place (declared, like the hash, in both modes). */
 struct segments_front {
     struct np_addr_pair key;
     u64 value;
 };
 
 BPF_PERCPU_ARRAY(segments_sent_front, struct segments_front, NP_FRONT_ENTRIES);
-
 
 /* One retransmission of `segments` segments. */
 static __always_inline void count_retransmission(struct np_addr_pair *key, u64 segments)
@@ -168,7 +166,7 @@ static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_seg
         front->value += segments;
         return;
     }
-    /* take the slot over, then move its old count to the hash */
+    /* take the slot over (value, key, value: netprobe.h), then move its old count to the hash */
     struct segments_front old = *front;
     front->value = 0;
     np_barrier();

@@ -183,18 +183,19 @@ class AgentCollector:
         for m in spec.metrics:
             if m.map not in maps:
                 maps[m.map] = read_map(inst.table(m.map))
+        # what the kernel counted: each map's hash entries and its fronts'
+        counted = {name: entries + fronts.get(name, []) for name, entries in maps.items()}
 
         # map self-metrics: size, fill, evictions (LRU keys we never delete that vanished)
         for info in spec.maps:
             if info.entries_from_sum_of is not None:
                 source, field = info.entries_from_sum_of
-                entries = sum(v[field] for _, v in maps[source] + fronts.get(source, []))
+                entries = sum(v[field] for _, v in counted[source])
             else:
+                keys = {k for k, _ in maps[info.name]}
                 # a key in a front takes a hash entry when it moves: count the keys of both
-                entries = len({k for k, _ in maps[info.name]} | {k for k, _ in fronts[info.name]}) \
-                    if info.front else len(maps[info.name])
+                entries = len(keys | {k for k, _ in fronts.get(info.name, [])})
                 if info.lru and any(m.map == info.name for m in spec.metrics):
-                    keys = {k for k, _ in maps[info.name]}
                     prev = self._previous_keys.get((id(inst), info.name))
                     if prev is not None:
                         self._evictions[(spec.name, info.name)] += len(prev - keys)
@@ -206,11 +207,10 @@ class AgentCollector:
             return families
         for m in spec.metrics:
             family = self._family(m, self.label_names(m))
-            entries = maps[m.map] + fronts.get(m.map, [])
             if m.kind == "histogram":
-                self._add_histogram(family, m, entries, inst.keys[m.map], scope)
+                self._add_histogram(family, m, counted[m.map], inst.keys[m.map], scope)
             else:
-                self._add_scalar(family, m, entries, inst.keys[m.map], scope)
+                self._add_scalar(family, m, counted[m.map], inst.keys[m.map], scope)
             self._floor.apply(family)
             families.append(family)
         return families

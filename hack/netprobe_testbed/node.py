@@ -510,6 +510,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         proc = {"kubelet": self.kubelet, "containerd": self.containerd}[which]
         return proc.tail(n) if proc else "(not started)"
 
+    def container_log_tails(self, namespace: str, n: int = 40) -> dict[str, str]:
+        """The last n lines of every container log of the namespace's pods, by
+        `pod/container/restart`, read from the kubelet's log directory (so it
+        works when the API server does not)."""
+        tails = {}
+        for path in sorted((self.workdir / "pod-logs").glob(f"{namespace}_*/*/*.log")):
+            pod = path.parent.parent.name.split("_")[1]
+            try:
+                lines = path.read_text(errors="replace").splitlines()[-n:]
+            except OSError as err:
+                lines = [f"({err})"]
+            tails[f"{pod}/{path.parent.name}/{path.stem}"] = "\n".join(lines)
+        return tails
+
     # ---- pods ------------------------------------------------------------------------------
     def pod_pid(self, namespace: str, pod: str, container: str | None = None) -> int:
         """PID (in this host's PID namespace) of a running container of the pod."""

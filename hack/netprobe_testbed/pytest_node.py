@@ -10,7 +10,7 @@ Fixtures:
                   when this machine cannot run a node. The host is restored on exit.
 
 When a test that used the real node fails, the tails of the kubelet's and containerd's
-logs are attached to its report.
+logs, and of every netprobe-system container's log, are attached to its report.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from .node import PACKAGES_HINT, RealNode, missing_prerequisites
 IMAGE_ARCHIVE = REPO_ROOT / "bin" / "netprobe-image.tar"
 IMAGE_REF = REPO_ROOT / "bin" / "netprobe-image.ref"
 LOG_LINES_ON_FAILURE = 40
+AGENT_NAMESPACE = "netprobe-system"   # the operator's and the agents' pods
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,5 @@ def pytest_runtest_makereport(item, call):
     for which in ("kubelet", "containerd"):
         report.sections.append((f"{which} log (last {LOG_LINES_ON_FAILURE} lines)",
                                 node.log_tail(which, LOG_LINES_ON_FAILURE)))
+    for name, tail in node.container_log_tails(AGENT_NAMESPACE, LOG_LINES_ON_FAILURE).items():
+        report.sections.append((f"{AGENT_NAMESPACE} container {name} (last {LOG_LINES_ON_FAILURE} lines)", tail))

@@ -46,8 +46,10 @@ def _file_digest(path: str) -> str | None:
 
 
 class Agent:
-    def __init__(self, config_path: str, config: AgentConfig, poll_seconds: float = 1.0):
+    def __init__(self, config_path: str, config: AgentConfig, poll_seconds: float = 1.0,
+                 listen: str | None = None):
         self.config_path = config_path
+        self.listen = listen     # --listen: replaces the file's on every (re)load
         self.config = config
         self.poll_seconds = poll_seconds
         self.features = KernelFeatures()
@@ -166,7 +168,7 @@ class Agent:
 
     def reload(self) -> bool:
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, self.listen)
         except ConfigError as e:
             self.state.config_reload_errors += 1
             log.error("config refused; running set unchanged", extra={"kv": {"file": self.config_path,
@@ -219,16 +221,16 @@ class Agent:
         log.info("agent stopped; all programs detached")
 
 
-def run(config_path: str) -> int:
+def run(config_path: str, listen: str | None = None) -> int:
     setup_logging("info")
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, listen)
     except ConfigError as e:
         log.error("invalid config", extra={"kv": {"file": config_path, "error": str(e)}})
         print(f"netprobe-agent: invalid config {config_path}: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    agent = Agent(config_path, config)
+    agent = Agent(config_path, config, listen=listen)
 
     def on_signal(signum, _frame):
         log.info("signal received, stopping", extra={"kv": {"signal": signal.Signals(signum).name}})

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -26,6 +26,7 @@ class ConfigError(ValueError):
     def __init__(self, field_path: str, message: str):
         super().__init__(f"{field_path}: {message}" if field_path else message)
         self.field = field_path
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
-def _listen(value: Any) -> tuple[str, int]:
+def parse_listen(value: Any) -> tuple[str, int]:
     text = _string(value, "listen")
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
@@ -202,7 +203,7 @@ def parse_config(text: str) -> AgentConfig:
     data = _mapping(data, "(top level)")
     _unknown(data, ("listen", "node_name", "log_level", "labels", "resolver", "programs", "tls",
                     "authorization"), "")
-    host, port = _listen(data.get("listen", "0.0.0.0:9435"))
+    host, port = parse_listen(data.get("listen", "0.0.0.0:9435"))
     node_name = data.get("node_name") or os.environ.get("NODE_NAME") or socket.gethostname()
     node_name = _string(node_name, "node_name")
     log_level = data.get("log_level", "info")
@@ -220,10 +221,16 @@ def parse_config(text: str) -> AgentConfig:
     )
 
 
-def load_config(path: str) -> AgentConfig:
+def load_config(path: str, listen: str | None = None) -> AgentConfig:
+    """The file's config; `listen` (the --listen flag), when given, replaces the
+    file's `listen` (in a pod the port is the pod spec's, see cli.py)."""
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
         raise ConfigError("", f"cannot read {path}: {e.strerror}") from None
-    return parse_config(text)
+    config = parse_config(text)
+    if listen is None:
+        return config
+    host, port = parse_listen(listen)
+    return replace(config, listen_host=host, listen_port=port)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent_harness import ALL_PROGRAMS, AgentProcess, bpf_ids, bpf_objects_of, expected_attach, need_root
+from netprobe_testbed import agent as testbed
 from netprobe_testbed.netns import Lab, wait_until
+from netprobe_testbed.processes import free_port
 from node_agent.kernel.features import (CAPABILITY_NAMES, DAEMONSET_CAPABILITIES, KernelFeatures,
                                        effective_capabilities)
 from node_agent.programs import CATALOGUE
@@ -184,6 +188,33 @@ def test_hot_reload_changes_only_what_differs_and_refuses_bad_files(lab, pods_fi
     reloads_done(3)
     assert not agent.scrape().all("netprobe_program_info", program="tcp_connections")
     assert not connection_progs & bpf_ids()["prog"]
+
+
+def test_the_listen_flag_holds_the_port_whatever_the_file_says(lab, pods_file, agent_factory):
+    """A pod passes its container port as --listen: the file's `listen` (which a
+    lagging ConfigMap mount could hold at the old port) is not used, at start
+    or on reload, and no restart is asked for."""
+    agent = agent_factory({}, pods_file)          # its file says 127.0.0.1:<agent.port>
+    file_port, flag_port = agent.port, free_port()
+    agent.command = [*testbed.agent_command(), "--config", str(agent.config_path),
+                     "--listen", f"127.0.0.1:{flag_port}"]
+    agent.listen = f"127.0.0.1:{flag_port}"
+    agent.start()
+    assert not port_answers(file_port)
+    agent.write_config(text=yaml.safe_dump(testbed.agent_config(f"127.0.0.1:{free_port()}", pods_file, {},
+                                                                log_level="debug")))
+    wait_until(lambda: agent.scrape().value("netprobe_agent_config_reloads_total") == 1, timeout=30,
+               what="the reload applied")
+    assert agent.ready() and not port_answers(file_port)
+    assert "listen address changes need a restart" not in agent.log_path.read_text()
+
+
+def port_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from node_agent.config import ConfigError, parse_config
+from node_agent.config import ConfigError, load_config, parse_config
 from node_agent.metrics.histogram import bucket_bounds, cumulative_buckets, log2_slot
 from node_agent.metrics.keys import labeler, slot_index
 from node_agent.metrics.labels import LabelScope
@@ -253,6 +253,25 @@ def test_agent_refuses_a_bad_config_at_start(tmp_path, text, field):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert field in proc.stderr
+
+
+@pytest.mark.parametrize("listen", ["9435", "host:port", "0.0.0.0:70000", ""])
+def test_agent_refuses_a_bad_listen_flag_naming_it(tmp_path, listen):
+    path = tmp_path / "agent.yaml"
+    path.write_text(BASE)
+    proc = subprocess.run([sys.executable, "-m", "node_agent.cli", "--config", str(path), "--listen", listen],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--listen: expected host:port, got {listen!r}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_listen_flag_replaces_the_files_listen(tmp_path):
+    path = tmp_path / "agent.yaml"
+    path.write_text(BASE + "listen: 127.0.0.1:9500\n")
+    config = load_config(str(path), "[::1]:9600")
+    assert (config.listen_host, config.listen_port, config.listen) == ("::1", 9600, "[::1]:9600")
+    assert load_config(str(path)).listen == "127.0.0.1:9500"
 
 
 # ---------------------------------------------------------------- static resolver file

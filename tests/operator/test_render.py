@@ -152,7 +152,9 @@ def test_daemonset_host_mounts_are_read_only(daemonset):
 def test_daemonset_agent_command_config_and_node_name(daemonset):
     pod = daemonset["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["command"] + container["args"] == ["netprobe-agent", "--config", "/etc/netprobe/agent.yaml"]
+    # The port comes from the pod spec, the same as containerPort (9436 in this probe).
+    assert container["command"] + container["args"] == ["netprobe-agent", "--config", "/etc/netprobe/agent.yaml",
+                                                        "--listen", "0.0.0.0:9436"]
     assert container["image"] == "registry.example/netprobe:test"  # the operator's default
     config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert config_mount["mountPath"] == "/etc/netprobe" and "subPath" not in config_mount  # updates in place

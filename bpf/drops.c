@@ -7,9 +7,11 @@
  * routes it to consume_skb itself; the program also refuses it
  * (NP_SKB_CONSUMED, its value in the running kernel's BTF, when it has one),
  * so a kernel that ever passed it here would not count freed packets as
- * drops. Two ways to hook it, counting the same: a raw tracepoint
- * (np_raw_kfree_skb: arguments skb, location, reason[, rx_sk]; no record is
- * built) or the tracepoint (np_kfree_skb: the record's skbaddr and reason).
+ * drops. Three ways to hook it, counting the same: a BTF-typed tracepoint
+ * (np_btf_kfree_skb: the sk_buff's members are plain loads), a raw
+ * tracepoint (np_raw_kfree_skb: arguments skb, location, reason[, rx_sk]; no
+ * record is built; the members read with bpf_probe_read_kernel) or the
+ * tracepoint (np_kfree_skb: the record's skbaddr and reason).
  *
  * The reason is the kernel's enum skb_drop_reason value as it is, subsystem
  * bits included; user space names it from the running kernel's BTF.
@@ -23,11 +25,10 @@
  * Addresses: from the IP header (sk_buff head + network_header), for IPv4
  * and IPv6 packets (skb->protocol); a drop of anything else (ARP, AF_UNIX,
  * a packet without its IP header yet) counts with no addresses. All
- * sk_buff members at offsets from the running kernel's BTF (OFF_SKB_*), in
- * one read of the window that holds them.
+ * sk_buff members at offsets from the running kernel's BTF (OFF_SKB_*).
  */
 #include "netprobe.h"
-#ifndef NP_ATTACH_RAW_TRACEPOINT
+#if !defined(NP_ATTACH_RAW_TRACEPOINT) && !defined(NP_ATTACH_TP_BTF)
 /* The record BCC builds from the running kernel's format declares the reason
  * as enum skb_drop_reason: the headers declare the type (4 bytes); its
  * values from the headers are never used. */
@@ -57,12 +58,36 @@ BPF_TABLE("lru_percpu_hash", struct drop_key, u64, drops, NP_MAX_ENTRIES);
 #define DROP_WIN_HI NP_MAX(NP_MAX(OFF_SKB_IIF + 4, OFF_SKB_PROTOCOL + 2), \
                            NP_MAX(OFF_SKB_NETWORK_HEADER + 2, OFF_SKB_HEAD + 8))
 
-static __always_inline void count_drop(const u8 *skb, u32 reason)
+/* input_ifindex: skb_iif; protocol_be: skb->protocol as stored (network
+ * order); network_header: head + network_header (0 if head is NULL). */
+static __always_inline void count_drop(u32 reason, int input_ifindex, u16 protocol_be, const u8 *network_header)
 {
 #ifdef NP_SKB_CONSUMED
     if (reason == NP_SKB_CONSUMED)      /* freed after use: not a drop */
         return;
 #endif
+    struct drop_key key = {};
+    key.reason = reason;
+    key.direction = input_ifindex ? DIR_INGRESS : DIR_EGRESS;
+    u16 protocol = __builtin_bswap16(protocol_be);
+    if (network_header && (protocol == NP_ETH_P_IP || protocol == NP_ETH_P_IPV6)) {
+        u8 carried = 0;
+        if (input_ifindex)      /* ingress: local = destination, peer = source */
+            np_ip_addresses(network_header, key.pair.remote, key.pair.local, &carried);
+        else
+            np_ip_addresses(network_header, key.pair.local, key.pair.remote, &carried);
+    }
+    u64 zero = 0, *count = drops.lookup_or_try_init(&key, &zero);
+    if (count)
+        (*count)++;
+    else
+        np_map_error(ERR_DROPS);
+}
+
+#ifndef NP_ATTACH_TP_BTF
+/* The sk_buff's members, in one read of the window that holds them. */
+static __always_inline void count_drop_of(const u8 *skb, u32 reason)
+{
     int input_ifindex = 0;
     u16 protocol_be = 0, network_header = 0;
     const u8 *head = 0;
@@ -80,35 +105,31 @@ static __always_inline void count_drop(const u8 *skb, u32 reason)
     bpf_probe_read_kernel(&network_header, sizeof(network_header), skb + OFF_SKB_NETWORK_HEADER);
     bpf_probe_read_kernel(&head, sizeof(head), skb + OFF_SKB_HEAD);
 #endif
-    struct drop_key key = {};
-    key.reason = reason;
-    key.direction = input_ifindex ? DIR_INGRESS : DIR_EGRESS;
-    u16 protocol = __builtin_bswap16(protocol_be);
-    if (head && (protocol == NP_ETH_P_IP || protocol == NP_ETH_P_IPV6)) {
-        u8 carried = 0;
-        if (input_ifindex)      /* ingress: local = destination, peer = source */
-            np_ip_addresses(head + network_header, key.pair.remote, key.pair.local, &carried);
-        else
-            np_ip_addresses(head + network_header, key.pair.local, key.pair.remote, &carried);
-    }
-    u64 zero = 0, *count = drops.lookup_or_try_init(&key, &zero);
-    if (count)
-        (*count)++;
-    else
-        np_map_error(ERR_DROPS);
+    count_drop(reason, input_ifindex, protocol_be, head ? head + network_header : 0);
 }
+#endif
 
-#ifdef NP_ATTACH_RAW_TRACEPOINT
+#if defined(NP_ATTACH_TP_BTF)
+/* kfree_skb(skb, location, reason[, rx_sk]) as a BTF-typed tracepoint: the
+ * sk_buff's members are plain loads. */
+int np_btf_kfree_skb(u64 *ctx)
+{
+    const u8 *skb = (const u8 *)ctx[0];
+    count_drop((u32)ctx[2], NP_LOAD(int, skb, OFF_SKB_IIF), NP_LOAD(u16, skb, OFF_SKB_PROTOCOL),
+               np_btf_skb_network_header(skb));
+    return 0;
+}
+#elif defined(NP_ATTACH_RAW_TRACEPOINT)
 /* kfree_skb(skb, location, reason[, rx_sk]): the reason is the third argument since 5.17. */
 int np_raw_kfree_skb(struct bpf_raw_tracepoint_args *ctx)
 {
-    count_drop((const u8 *)ctx->args[0], (u32)ctx->args[2]);
+    count_drop_of((const u8 *)ctx->args[0], (u32)ctx->args[2]);
     return 0;
 }
 #else
 int np_kfree_skb(struct tracepoint__skb__kfree_skb *args)
 {
-    count_drop((const u8 *)args->skbaddr, (u32)args->reason);
+    count_drop_of((const u8 *)args->skbaddr, (u32)args->reason);
     return 0;
 }
 #endif

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.kernel
 
 NAMES = {"a": ("shop", "cart-7", "cart"), "b": ("payments", "api-2", "api")}
 FAMILIES = ["ip4", "ip6"]
-ATTACH_MODES = ["auto", "tracepoint"]
-EXPECTED_ATTACH = {"auto": "raw_tracepoint", "tracepoint": "tracepoint"}
+ATTACH_MODES = ["auto", "raw_tracepoint", "tracepoint"]
+EXPECTED_ATTACH = {"auto": "tp_btf", "raw_tracepoint": "raw_tracepoint", "tracepoint": "tracepoint"}
 
 
 def kernel_name(member: str) -> str:
@@ -123,13 +123,14 @@ def assert_counted(agent, before, after, expected: int, **labels) -> None:
     """Exactly `expected` drops counted. On a plain tracepoint the kernel skips
     the program while another tracing program runs on the CPU (a drop in a
     softirq that interrupted one); it counts each skip (of any drop on the
-    node), and only that many may be missing. Raw tracepoints are never skipped."""
+    node), and only that many may be missing. Raw and BTF-typed tracepoints are never skipped."""
     got = drops_delta(agent, before, after, **labels)
     hook = dict(program="drops", hook="skb:kfree_skb")
     missed = after.value("netprobe_program_missed_runs_total", **hook) - \
         before.value("netprobe_program_missed_runs_total", **hook)
     assert expected - missed <= got <= expected, (got, expected, missed)
-    if after.all("netprobe_program_info", attach="raw_tracepoint"):
+    if after.all("netprobe_program_info", attach="raw_tracepoint") or after.all("netprobe_program_info",
+                                                                                attach="tp_btf"):
         assert missed == 0 and got == expected
 
 

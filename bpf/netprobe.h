@@ -320,6 +320,23 @@ static __always_inline int np_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16],
 }
 #endif /* OFF_SKB_HEAD && OFF_SKB_NETWORK_HEADER */
 
+#ifdef NP_SAMPLE_EVERY
+/* sample_every (the option of programs that observe a distribution): 1 if
+ * this event is skipped. Each event is observed with probability
+ * 1/NP_SAMPLE_EVERY by a pseudo-random draw, which does not depend on the
+ * value observed, so the histogram is a uniform subsample. A counter (one in
+ * N) would lock onto the same member of a periodic pattern: the same
+ * connection of two served in turn, the same packet of each exchange. */
+static __always_inline int np_sample_skip(void)
+{
+#if NP_SAMPLE_EVERY > 1
+    return bpf_get_prandom_u32() % NP_SAMPLE_EVERY != 0;
+#else
+    return 0;
+#endif
+}
+#endif
+
 /* The log2 slot of v: the smallest s with v <= 2^s, capped at NP_MAX_SLOT. */
 static __always_inline u32 np_log2_slot(u64 v)
 {

@@ -159,20 +159,9 @@ static __always_inline u64 rx_identity(const u32 hdr[RX_HDR_WORDS], int got)
     return 0;
 }
 
-/* sample_every: every packet is started (a start cannot know whether it is
- * the packet's last hop into the stack, the one its end pairs with), and an
- * end is measured with probability 1/NP_SAMPLE_EVERY, a pseudo-random draw
- * (a counter, one in N, locks onto the same packet of a periodic exchange);
- * the others return after the draw. Which end is measured does not depend on
- * its latency, so the histogram is a uniform subsample. */
-static __always_inline int rx_skip(void)
-{
-#if NP_SAMPLE_EVERY > 1
-    return bpf_get_prandom_u32() % NP_SAMPLE_EVERY != 0;
-#else
-    return 0;
-#endif
-}
+/* sample_every (np_sample_skip): every packet is started (a start cannot
+ * know whether it is the packet's last hop into the stack, the one its end
+ * pairs with), and the draw is at the end. */
 
 /* data: skb->data, where the IP header is at the start (the device's
  * header was pulled). */
@@ -204,7 +193,7 @@ static __always_inline void rx_start(u64 skb)
 /* ip: head + network_header, where the IP header is at the end. */
 static __always_inline void rx_end_at(u64 skb, const u8 *ip)
 {
-    if (rx_skip())
+    if (np_sample_skip())
         return;
     u32 index = inflight_index(skb);
     struct inflight_slot *slot = inflight.lookup(&index);

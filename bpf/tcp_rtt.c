@@ -30,23 +30,6 @@ struct rtt_key {
 
 BPF_TABLE("lru_percpu_hash", struct rtt_key, struct np_hist_value, rtt_us, NP_MAX_ENTRIES);
 
-/* sample_every: one event in NP_SAMPLE_EVERY per CPU is observed; the others
- * return before reading anything (one per-CPU counter increment). */
-#if NP_SAMPLE_EVERY > 1
-BPF_PERCPU_ARRAY(rtt_events, u64, 1);
-
-static __always_inline int rtt_skip(void)
-{
-    u32 zero = 0;
-    u64 *seen = rtt_events.lookup(&zero);
-    return seen && ((*seen)++ % NP_SAMPLE_EVERY) != 0;
-}
-#else
-static __always_inline int rtt_skip(void)
-{
-    return 0;
-}
-#endif
 
 /* rtt_us's front cache (netprobe.h): a socket's samples mostly fall in one
  * slot, so a busy connection adds to its entry in place. */
@@ -92,7 +75,7 @@ static __always_inline void rtt_observe(struct rtt_key *key, u64 srtt)
 
 int np_tcp_rtt(struct tracepoint__tcp__tcp_probe *args)
 {
-    if (rtt_skip())
+    if (np_sample_skip())
         return 0;
     u64 srtt = args->srtt;
     struct rtt_key key NP_FRONT_KEY = {};
@@ -117,7 +100,7 @@ int np_raw_tcp_rtt(struct bpf_raw_tracepoint_args *ctx)     /* tcp_probe(sk, skb
     u32 srtt_us = 0;
     struct rtt_key key NP_FRONT_KEY = {};
 
-    if (rtt_skip())
+    if (np_sample_skip())
         return 0;
     bpf_probe_read_kernel(&srtt_us, sizeof(srtt_us), sk + OFF_TCP_SRTT_US);
     if ((srtt_us >> 3) == 0)
@@ -138,7 +121,7 @@ int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, sk
 {
     struct rtt_key key NP_FRONT_KEY = {};
 
-    if (rtt_skip())
+    if (np_sample_skip())
         return 0;
     const u8 *tp = (const u8 *)bpf_skc_to_tcp_sock((void *)ctx[0]);
     if (!tp)

@@ -16,7 +16,7 @@ SPEC = ProgramSpec(
     options=(
         attach_option("tcp_probe (the same samples every way)", BTF_FIRST),
         max_entries_option(16384),
-        sample_every_option("received segment per CPU"),
+        sample_every_option("received segment"),
         front_cache_option(),
     ),
     strategies=(

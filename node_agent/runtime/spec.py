@@ -335,5 +335,5 @@ def sample_every_option(what: str) -> Option:
     distribution, where a subsample serves as well as the whole and the
     skipped events cost almost nothing (docs/agent.md)."""
     return Option("sample_every", int, 1,
-                  f"observe one {what} in N (1: all); the histogram's count is then of samples",
+                  f"observe one {what} in N, drawn at random (1: all); the histogram's count is then of samples",
                   min=1, max=65536, define="NP_SAMPLE_EVERY")

@@ -369,8 +369,16 @@ static __always_inline u32 np_log2_slot(u64 v)
  * torn by a takeover shows the new key's first event under the old key.
  * The collector never lets a counter read lower than at its last scrape.
  * Keys are compared and hashed 8 bytes at a time (below). BCC rewrites map
- * calls only in the program's own file, so each program spells out the
- * lookup and the takeover (see tcp_rtt.c); the key work is here. */
+ * calls only in the program's own file, so a program does the two map
+ * calls itself and np_front_add the rest:
+ *     u32 index = np_front_index((const u64 *)&key, NP_WORDS(key));
+ *     struct x_front *front = x_front.lookup(&index);
+ *     struct x_front old;
+ *     u64 add[N] = {...};             (N: the value's words)
+ *     if (front && np_front_add((u64 *)front, (const u64 *)&key, NP_WORDS(key),
+ *                               add, N, (u64 *)&old))
+ *         ... add old.value to x at old.key (the counting idiom below) ...
+ * where struct x_front is { key; value; }, both made of u64 words. */
 #ifndef NP_FRONT_ENTRIES_LOG2
 #define NP_FRONT_ENTRIES_LOG2 8 /* the program's front_cache_log2 option */
 #endif
@@ -405,6 +413,43 @@ static __always_inline int np_front_same(const u64 *a, const u64 *b, const int w
     for (int i = 0; i < words; i++)
         diff |= a[i] ^ b[i];
     return diff == 0;
+}
+
+/* The front entry `entry` (key_words of key, then value_words of value):
+ * add[] is added to its value if it holds `key`; else the entry is taken
+ * over in the order above and what it held is copied to `old` (key, then
+ * value). Returns 1 when `old` has counts the caller must move to the hash.
+ * Values are u64 words added modulo 2^64, so a signed count (a gauge's
+ * -1) adds as its two's complement. */
+static __always_inline int np_front_add(u64 *entry, const u64 *key, const int key_words, const u64 *add,
+                                        const int value_words, u64 *old)
+{
+    u64 *value = entry + key_words;
+    if (np_front_same(entry, key, key_words)) {
+#pragma unroll
+        for (int i = 0; i < value_words; i++)
+            value[i] += add[i];
+        return 0;
+    }
+    u64 held = 0;
+#pragma unroll
+    for (int i = 0; i < key_words + value_words; i++)
+        old[i] = entry[i];
+#pragma unroll
+    for (int i = 0; i < value_words; i++) {
+        held |= value[i];
+        value[i] = 0;
+    }
+    np_barrier();
+#pragma unroll
+    for (int i = 0; i < key_words; i++)
+        entry[i] = key[i];
+    np_barrier();
+#pragma unroll
+    for (int i = 0; i < value_words; i++)
+        value[i] = add[i];
+    np_barrier();
+    return held != 0;
 }
 
 /* Counting idiom (BCC allows no map calls inside macros or included

@@ -229,24 +229,9 @@ static __always_inline void rx_end_at(u64 skb, const u8 *ip)
     key.slot = np_log2_slot(delta);
     u32 front_index = np_front_index((const u64 *)&key, NP_WORDS(key));
     struct latency_front *front = latency_ns_front.lookup(&front_index);
-    if (!front)
-        return;
-    if (np_front_same((const u64 *)&front->key, (const u64 *)&key, NP_WORDS(key))) {
-        front->value.count++;
-        front->value.sum += delta;
-        return;
-    }
-    /* take the slot over (value, key, value: netprobe.h), then move its old counts to the hash */
-    struct latency_front old = *front;
-    front->value.count = 0;
-    front->value.sum = 0;
-    np_barrier();
-    front->key = key;
-    np_barrier();
-    front->value.count = 1;
-    front->value.sum = delta;
-    np_barrier();
-    if (old.value.count == 0)
+    struct latency_front old;
+    u64 add[2] = {1, delta};
+    if (!front || !np_front_add((u64 *)front, (const u64 *)&key, NP_WORDS(key), add, 2, (u64 *)&old))
         return;
     struct np_hist_value zero = {}, *bucket = latency_ns.lookup_or_try_init(&old.key, &zero);
     if (bucket) {

@@ -78,35 +78,24 @@ struct duration_front {
 BPF_PERCPU_ARRAY(connections_front, struct connections_front, NP_FRONT_ENTRIES);
 BPF_PERCPU_ARRAY(duration_us_front, struct duration_front, NP_FRONT_ENTRIES);
 
-/* The counts of key, in its front entry: the caller adds to them. A key that
- * finds another in its slot takes it over (value, key: netprobe.h) and moves
- * the other's counts to the hash. */
-static __always_inline struct conn_counts *counts_of(struct conn_key *key)
+/* Adds opened, closed and active (a -1 as (u64)-1) to key's counts in its
+ * front entry (netprobe.h), moving a displaced key's counts to the hash. */
+static __always_inline void add_counts(struct conn_key *key, u64 opened, u64 closed, u64 active)
 {
     u32 index = np_front_index((const u64 *)key, NP_WORDS(*key));
     struct connections_front *front = connections_front.lookup(&index);
-    if (!front)
-        return 0;
-    if (np_front_same((const u64 *)&front->key, (const u64 *)key, NP_WORDS(*key)))
-        return &front->value;
-    struct connections_front old = *front;
-    front->value.opened = 0;
-    front->value.closed = 0;
-    front->value.active = 0;
-    np_barrier();
-    front->key = *key;
-    np_barrier();
-    if (old.value.opened || old.value.closed || old.value.active) {
-        struct conn_counts zero = {}, *counts = connections.lookup_or_try_init(&old.key, &zero);
-        if (counts) {
-            counts->opened += old.value.opened;
-            counts->closed += old.value.closed;
-            counts->active += old.value.active;
-        } else {
-            np_map_error(ERR_CONNECTIONS);
-        }
+    struct connections_front old;
+    u64 add[3] = {opened, closed, active};
+    if (!front || !np_front_add((u64 *)front, (const u64 *)key, NP_WORDS(*key), add, 3, (u64 *)&old))
+        return;
+    struct conn_counts zero = {}, *counts = connections.lookup_or_try_init(&old.key, &zero);
+    if (counts) {
+        counts->opened += old.value.opened;
+        counts->closed += old.value.closed;
+        counts->active += old.value.active;
+    } else {
+        np_map_error(ERR_CONNECTIONS);
     }
-    return &front->value;
 }
 
 static __always_inline void observe_duration(struct conn_key *conn, u64 lived_us)
@@ -117,24 +106,9 @@ static __always_inline void observe_duration(struct conn_key *conn, u64 lived_us
     key.slot = np_log2_slot(lived_us);
     u32 index = np_front_index((const u64 *)&key, NP_WORDS(key));
     struct duration_front *front = duration_us_front.lookup(&index);
-    if (!front)
-        return;
-    if (np_front_same((const u64 *)&front->key, (const u64 *)&key, NP_WORDS(key))) {
-        front->value.count++;
-        front->value.sum += lived_us;
-        return;
-    }
-    /* take the slot over (value, key, value: netprobe.h), then move its old counts to the hash */
-    struct duration_front old = *front;
-    front->value.count = 0;
-    front->value.sum = 0;
-    np_barrier();
-    front->key = key;
-    np_barrier();
-    front->value.count = 1;
-    front->value.sum = lived_us;
-    np_barrier();
-    if (old.value.count == 0)
+    struct duration_front old;
+    u64 add[2] = {1, lived_us};
+    if (!front || !np_front_add((u64 *)front, (const u64 *)&key, NP_WORDS(key), add, 2, (u64 *)&old))
         return;
     struct np_hist_value zero = {}, *bucket = duration_us.lookup_or_try_init(&old.key, &zero);
     if (bucket) {
@@ -161,15 +135,10 @@ static __always_inline void connection_established(u64 sk, int oldstate, const s
     info.opened_ns = bpf_ktime_get_ns();
     info.conn.direction = oldstate == TCP_SYN_SENT ? DIR_OUTBOUND : DIR_INBOUND;
     info.conn.pair = *pair;
-    struct conn_counts *counts = counts_of(&info.conn);
-    if (counts)
-        counts->opened++;
-    if (np_sockets.update(&sk, &info) == 0) {
-        if (counts)
-            counts->active++;
-    } else {
+    u64 tracked = np_sockets.update(&sk, &info) == 0;
+    if (!tracked)
         np_map_error(ERR_NP_SOCKETS);
-    }
+    add_counts(&info.conn, 1, 0, tracked);
 }
 
 /* A socket reached CLOSE: counted if we saw it open. */
@@ -180,11 +149,7 @@ static __always_inline void connection_closed(u64 sk)
         return;                /* opened before we looked, or never established */
     struct sock_info seen = *info;
     np_sockets.delete(&sk);
-    struct conn_counts *counts = counts_of(&seen.conn);
-    if (counts) {
-        counts->closed++;
-        counts->active--;
-    }
+    add_counts(&seen.conn, 0, 1, (u64)-1);
     observe_duration(&seen.conn, (bpf_ktime_get_ns() - seen.opened_ns) / 1000);
 }
 

@@ -160,21 +160,8 @@ static __always_inline void count_segments(struct np_addr_pair *key, u64 gso_seg
     u64 segments = gso_segs ? gso_segs : 1;
     u32 index = np_front_index((const u64 *)key, NP_WORDS(*key));
     struct segments_front *front = segments_sent_front.lookup(&index);
-    if (!front)
-        return;
-    if (np_front_same((const u64 *)&front->key, (const u64 *)key, NP_WORDS(*key))) {
-        front->value += segments;
-        return;
-    }
-    /* take the slot over (value, key, value: netprobe.h), then move its old count to the hash */
-    struct segments_front old = *front;
-    front->value = 0;
-    np_barrier();
-    front->key = *key;
-    np_barrier();
-    front->value = segments;
-    np_barrier();
-    if (old.value == 0)
+    struct segments_front old;
+    if (!front || !np_front_add((u64 *)front, (const u64 *)key, NP_WORDS(*key), &segments, 1, (u64 *)&old))
         return;
     u64 zero = 0, *count = segments_sent.lookup_or_try_init(&old.key, &zero);
     if (count)

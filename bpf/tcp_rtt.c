@@ -45,24 +45,9 @@ static __always_inline void rtt_observe(struct rtt_key *key, u64 srtt)
     key->slot = np_log2_slot(srtt);
     u32 index = np_front_index((const u64 *)key, NP_WORDS(*key));
     struct rtt_front *front = rtt_us_front.lookup(&index);
-    if (!front)
-        return;
-    if (np_front_same((const u64 *)&front->key, (const u64 *)key, NP_WORDS(*key))) {
-        front->value.count++;
-        front->value.sum += srtt;
-        return;
-    }
-    /* take the slot over (value, key, value: netprobe.h), then move its old counts to the hash */
-    struct rtt_front old = *front;
-    front->value.count = 0;
-    front->value.sum = 0;
-    np_barrier();
-    front->key = *key;
-    np_barrier();
-    front->value.count = 1;
-    front->value.sum = srtt;
-    np_barrier();
-    if (old.value.count == 0)
+    struct rtt_front old;
+    u64 add[2] = {1, srtt};
+    if (!front || !np_front_add((u64 *)front, (const u64 *)key, NP_WORDS(*key), add, 2, (u64 *)&old))
         return;
     struct np_hist_value zero = {}, *bucket = rtt_us.lookup_or_try_init(&old.key, &zero);
     if (bucket) {

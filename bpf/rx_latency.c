@@ -159,10 +159,6 @@ static __always_inline u64 rx_identity(const u32 hdr[RX_HDR_WORDS], int got)
     return 0;
 }
 
-/* sample_every (np_sample_skip): every packet is started (a start cannot
- * know whether it is the packet's last hop into the stack, the one its end
- * pairs with), and the draw is at the end. */
-
 /* data: skb->data, where the IP header is at the start (the device's
  * header was pulled). */
 static __always_inline void rx_start_at(u64 skb, const u8 *data)
@@ -193,6 +189,9 @@ static __always_inline void rx_start(u64 skb)
 /* ip: head + network_header, where the IP header is at the end. */
 static __always_inline void rx_end_at(u64 skb, const u8 *ip)
 {
+    /* sample_every draws here, at the end: every packet is started (a start
+     * cannot know whether it is the packet's last hop into the stack, the
+     * one its end pairs with) */
     if (np_sample_skip())
         return;
     u32 index = inflight_index(skb);

@@ -30,7 +30,6 @@ struct rtt_key {
 
 BPF_TABLE("lru_percpu_hash", struct rtt_key, struct np_hist_value, rtt_us, NP_MAX_ENTRIES);
 
-
 /* rtt_us's front cache (netprobe.h): a socket's samples mostly fall in one
  * slot, so a busy connection adds to its entry in place. */
 struct rtt_front {

@@ -72,9 +72,23 @@ def sockperf_round_trips_per_second(output: str) -> float:
     return int(m.group(3)) / float(m.group(1))
 
 
+def sockperf_total_round_trips(output: str) -> int:
+    """Every round trip of the run, warm-up included (what the kernel saw), from
+    sockperf's '[Total Run] RunTime=..; Warm up time=..; SentMessages=N; ReceivedMessages=M'."""
+    m = re.search(r"\[Total Run\].*?SentMessages=(\d+); ReceivedMessages=(\d+)", output)
+    if not m:
+        raise RuntimeError(f"sockperf printed no total:\n{output[-2000:]}")
+    return int(m.group(2))
+
+
+def sockperf_pingpong_output(pod, server_ip: str, seconds: float, mps: int | None = None) -> str:
+    """What a ping-pong over one connection printed (its figures: the two parsers above)."""
+    res = pod.run(sockperf_pingpong_argv(server_ip, seconds, mps=mps), timeout=seconds + 60)
+    return res.stdout + res.stderr
+
+
 def sockperf_pingpong(pod, server_ip: str, seconds: float, mps: int | None = None) -> float:
     """Round trips per second of a ping-pong over one connection."""
-    res = pod.run(sockperf_pingpong_argv(server_ip, seconds, mps=mps), timeout=seconds + 60)
-    return sockperf_round_trips_per_second(res.stdout + res.stderr)
+    return sockperf_round_trips_per_second(sockperf_pingpong_output(pod, server_ip, seconds, mps))
 
 

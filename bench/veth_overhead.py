@@ -21,6 +21,16 @@ The targets are on/floor (and on:P/floor:P for each program): the agent's own
 work, measured against the floor of the same repetition. Each ratio is taken
 per repetition (neighbouring arms) and the median of the repetitions is
 reported, with every repetition's ratio next to it.
+
+Round-trip rates on a shared VM move by several per cent between neighbouring
+windows, as much as the target's margin (a program that never runs on this
+path still shows a "cost" of a few per cent). So the floor and on arms also
+run one more ping-pong window with the kernel's BPF run-time statistics on
+(never the measured windows: the statistics add clock reads to every run),
+and report the programs' run time per round trip: each program's own part,
+the agent's time above the empty programs, and the ratio that time alone
+would give. It leaves out what the programs do to the stack around them
+(cache lines they evict), which only the measured ratio holds.
 """
 from __future__ import annotations
 
@@ -28,19 +38,21 @@ import os
 import statistics
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Figure, bpf_programs_on_path, log, running_agent, spread
 from bench.hooks import DEFAULT_PROGRAMS, EMPTY_KIND, EmptyPrograms, Hook, hooks_of
-from bench.kernel_cost import prog_ids_of
-from bench.traffic import (iperf3_bits_per_second, sockperf_pingpong, start_iperf3_server,
-                           start_sockperf_server)
+from bench.kernel_cost import bpf_stats_enabled, function_of, hooks_by_function, prog_ids_of, prog_stats
+from bench.traffic import (iperf3_bits_per_second, sockperf_pingpong, sockperf_pingpong_output,
+                           sockperf_total_round_trips, start_iperf3_server, start_sockperf_server)
 from netprobe_testbed.netns import Lab
 
 NAME = "veth_overhead"
 TARGET_THROUGHPUT_RATIO = 0.99   # agent on / empty programs (issue 14)
 TARGET_RR_RATIO = 0.98
 SETTLE_SECONDS = 1  # after the agent is ready: let its start-up CPU burst pass
+STATS_ARMS = ("floor", "on")   # the arms that also run a window with BPF run-time statistics on
 
 
 @contextmanager
@@ -67,6 +79,44 @@ def per_rep_ratios(num: list[float], den: list[float]) -> list[float]:
     return [n / d for n, d in zip(num, den)]
 
 
+@dataclass
+class BpfTime:
+    """One ping-pong window with BPF run-time statistics on."""
+    round_trips: int
+    by_program: dict[str, tuple[int, int]]       # catalogue program (else kernel name) -> (runs, run time in ns)
+
+    def ns_per_round_trip(self, program: str | None = None) -> float:
+        programs = [program] if program else list(self.by_program)
+        return sum(self.by_program[p][1] for p in programs) / self.round_trips
+
+    def runs_per_round_trip(self, program: str | None = None) -> float:
+        programs = [program] if program else list(self.by_program)
+        return sum(self.by_program[p][0] for p in programs) / self.round_trips
+
+
+def program_of(kernel_name: str, functions) -> str:
+    """The catalogue program running a loaded BPF program, from its possibly
+    truncated name (two functions of one program may share the kept prefix);
+    the name itself when no program or several match (an empty program)."""
+    owners = {program for fn, (program, _) in functions.items() if function_of(kernel_name, [fn])}
+    return owners.pop() if len(owners) == 1 else kernel_name
+
+
+def bpf_time_window(client, server_ip: str, seconds: float, ids: set[int], functions) -> BpfTime:
+    """A ping-pong of `seconds` with the kernel's run-time statistics on for the programs `ids`."""
+    with bpf_stats_enabled():
+        before = prog_stats(ids)
+        output = sockperf_pingpong_output(client, server_ip, seconds)
+        after = prog_stats(ids)
+    by_program: dict[str, tuple[int, int]] = {}
+    for prog_id, rec in after.items():
+        program, prev = program_of(rec["name"], functions), before.get(prog_id, {})
+        runs, ns = by_program.get(program, (0, 0))
+        by_program[program] = (runs + rec.get("run_cnt", 0) - prev.get("run_cnt", 0),
+                               ns + rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0))
+    return BpfTime(sockperf_total_round_trips(output), by_program)
+
+
 def arms_of(programs) -> list[tuple[str, str, list[Hook], tuple[str, ...], tuple[str, ...]]]:
     """(name, state, hooks of the floor, programs of the agent, measures) of each arm, in order."""
     default_hooks = hooks_of(DEFAULT_PROGRAMS)
@@ -84,6 +134,8 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
 
     arms = arms_of(CATALOGUE)
     runs = {name: {"tput": [], "rr": []} for name, *_ in arms}
+    bpf_time = {name: [] for name in STATS_ARMS}
+    functions = hooks_by_function()
     others = []  # BPF programs of others on the path, per arm
     started = time.monotonic()
     empty = EmptyPrograms([h for _, _, hooks, _, _ in arms for h in hooks])   # compiled once, attached per arm
@@ -109,13 +161,17 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
                         if "tput" in measures:
                             runs[name]["tput"].append(iperf3_bits_per_second(client, server_ip, seconds))
                         runs[name]["rr"].append(sockperf_pingpong(client, server_ip, seconds))
+                        if name in STATS_ARMS:
+                            bpf_time[name].append(bpf_time_window(client, server_ip, seconds, mine, functions))
                     tput = f"{runs[name]['tput'][-1] / 1e9:5.2f} Gbit/s, " if "tput" in measures else ""
+                    stats = (f"; {bpf_time[name][-1].ns_per_round_trip():,.0f} ns of BPF run time per round trip"
+                             if name in STATS_ARMS else "")
                     log(f"run {rep} {name:<20}: {tput}{runs[name]['rr'][-1]:>8,.0f} round trips/s "
-                        f"({others[-1]} BPF programs of others loaded)")
+                        f"({others[-1]} BPF programs of others loaded){stats}")
                 log(f"repetition {rep} of {reps} done after {time.monotonic() - started:.0f}s")
     finally:
         empty.cleanup()
-    return _figures(runs, others, seconds, reps, arms)
+    return _figures(runs, others, seconds, reps, arms) + _bpf_time_figures(bpf_time, runs["floor"]["rr"], seconds)
 
 
 def _figures(runs, others, seconds, reps, arms) -> list[Figure]:
@@ -160,3 +216,39 @@ def _figures(runs, others, seconds, reps, arms) -> list[Figure]:
                     f"(off {median('off', 'rr'):,.0f}) on {', '.join(map(str, hooks))}{missing_note(hooks)}; "
                     f"{spread(ratios)}")))
     return figures
+
+
+def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[float], seconds: float) -> list[Figure]:
+    """The programs' run time per round trip, floor and on, from the statistics windows."""
+    floor, on = bpf_time["floor"], bpf_time["on"]
+    floor_ns = [w.ns_per_round_trip() for w in floor]
+    on_ns = [w.ns_per_round_trip() for w in on]
+    above = [a - b for a, b in zip(on_ns, floor_ns)]
+    floor_round_trip_ns = [1e9 / rate for rate in floor_rates]   # the measured windows' (statistics off)
+    implied = [t / (t + a) for t, a in zip(floor_round_trip_ns, above)]
+    empty_run_ns = [w.ns_per_round_trip() / w.runs_per_round_trip() for w in floor]   # an empty program's run
+
+    def part(program: str) -> str:
+        runs = [w.runs_per_round_trip(program) for w in on]
+        ns = [w.ns_per_round_trip(program) for w in on]
+        own = [n - r * e for n, r, e in zip(ns, runs, empty_run_ns)]
+        return (f"{program} {statistics.median(runs):.2g} runs, {statistics.median(ns):,.0f} ns "
+                f"({statistics.median(own):,.0f} above empty)")
+
+    parts = "; ".join(part(p) for p in sorted(on[0].by_program))
+    how = f"one more {seconds:g}s ping-pong window per arm and repetition, BPF run-time statistics on"
+    return [
+        Figure(NAME, "request/response, BPF run time per round trip, empty programs", statistics.median(floor_ns),
+               "ns", detail=f"{statistics.median(w.runs_per_round_trip() for w in floor):.2g} runs per "
+                            f"round trip; {spread(floor_ns, '{:,.0f}')}; {how}"),
+        Figure(NAME, "request/response, BPF run time per round trip, agent on", statistics.median(on_ns), "ns",
+               detail=f"per program, runs and run time per round trip: {parts}; {spread(on_ns, '{:,.0f}')}"),
+        Figure(NAME, "request/response, the agent's BPF run time above empty programs", statistics.median(above),
+               "ns/round trip", detail=f"{statistics.median(a / t for a, t in zip(above, floor_round_trip_ns)):.1%} "
+                                       f"of the empty programs' round trip "
+                                       f"({statistics.median(floor_round_trip_ns) / 1000:.1f} us); "
+                                       f"{spread(above, '{:,.0f}')}"),
+        Figure(NAME, "request/response on/empty programs, from BPF run time alone", statistics.median(implied),
+               "ratio", detail="the round trip the agent's run time above the empty programs would give, "
+                               "cache effects on the stack around the programs left out; " + spread(implied)),
+    ]

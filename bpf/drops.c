@@ -73,9 +73,9 @@ static __always_inline void count_drop(u32 reason, int input_ifindex, u16 protoc
     if (network_header && (protocol == NP_ETH_P_IP || protocol == NP_ETH_P_IPV6)) {
         u8 carried = 0;
         if (input_ifindex)      /* ingress: local = destination, peer = source */
-            np_ip_addresses(network_header, key.pair.remote, key.pair.local, &carried);
+            NP_BTF_IP_ADDRESSES(network_header, key.pair.remote, key.pair.local, &carried);
         else
-            np_ip_addresses(network_header, key.pair.local, key.pair.remote, &carried);
+            NP_BTF_IP_ADDRESSES(network_header, key.pair.local, key.pair.remote, &carried);
     }
     u64 zero = 0, *count = drops.lookup_or_try_init(&key, &zero);
     if (count)

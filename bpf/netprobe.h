@@ -181,6 +181,55 @@ static __always_inline int np_sock_addresses(const u8 *sk, struct np_addr_pair *
 #define NP_LOAD(type, base, off) (*(const volatile type *)((const u8 *)(base) + (off)))
 #define NP_LOAD_PTR(base, off) ((const u8 *)NP_LOAD(u64, base, off))
 
+/* Packet bytes with plain loads, in tp_btf programs on kernels with the
+ * bpf_rdonly_cast kfunc (6.2+; the agent then defines NP_BYTES_BTF_ID). The
+ * verifier types head and data as numbers (or as memory of size 0), so the
+ * packet is otherwise read with bpf_probe_read_kernel, and a helper call is
+ * the dearest thing a per-packet program does here (~70 ns: the kernel's
+ * return-stack mitigation taxes every return of the helper's nested calls).
+ * bpf_rdonly_cast gives the address a type (NP_BYTES_BTF_ID: one array of
+ * integers, NP_BYTES_SIZE bytes) whose members the program may load; the
+ * verifier checks each load's offset against the type's size and the JIT
+ * emits a load that yields 0 instead of faulting (no call), and the cast
+ * itself becomes a register move. Bytes past the end of mapped memory read
+ * as 0. Only in functions the agent loads as tp_btf: its loader turns the
+ * placeholder call below into the kfunc call (BCC would refuse it). */
+#if defined(NP_ATTACH_TP_BTF) && defined(NP_BYTES_BTF_ID)
+#define NP_BTF_BYTES 1
+static const u8 *(*np_rdonly_cast)(const void *obj, u32 btf_id) = (void *)NP_KFUNC_RDONLY_CAST;
+
+static __always_inline const u8 *np_btf_bytes(const void *addr)
+{
+    return np_rdonly_cast(addr, NP_BYTES_BTF_ID);
+}
+
+/* np_ip_addresses (below) with loads: the IPv4 header's 20 bytes or the
+ * IPv6 header's 40, no more. */
+static __always_inline int np_btf_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16], u8 *protocol)
+{
+    if (!ip)
+        return 0;
+    const u8 *p = np_btf_bytes(ip);
+    u8 version = NP_LOAD(u8, p, 0) >> 4;
+    if (version == 4) {
+        u32 addrs[2] = {NP_LOAD(u32, p, 12), NP_LOAD(u32, p, 16)};
+        np_addr_from_v4_words(src, addrs);
+        np_addr_from_v4_words(dst, addrs + 1);
+        *protocol = NP_LOAD(u8, p, 9);
+        return 1;
+    }
+    if (version == 6) {
+        u32 s6[4] = {NP_LOAD(u32, p, 8), NP_LOAD(u32, p, 12), NP_LOAD(u32, p, 16), NP_LOAD(u32, p, 20)};
+        u32 d6[4] = {NP_LOAD(u32, p, 24), NP_LOAD(u32, p, 28), NP_LOAD(u32, p, 32), NP_LOAD(u32, p, 36)};
+        np_addr_copy_words(src, s6);
+        np_addr_copy_words(dst, d6);
+        *protocol = NP_LOAD(u8, p, 6);
+        return 1;
+    }
+    return 0;
+}
+#endif
+
 #ifdef NP_ATTACH_TP_BTF
 /* A typed pointer's address as a number (to hash it): the verifier refuses
  * any arithmetic but + and - on a pointer. Stored in a map and loaded back
@@ -318,6 +367,15 @@ static __always_inline int np_ip_addresses(const u8 *ip, u8 src[16], u8 dst[16],
     }
     return 0;
 }
+
+/* The reader of an IP header's addresses in tp_btf functions: with loads
+ * where the kernel allows them (np_btf_ip_addresses), else with the helper;
+ * in objects of the other attach modes, np_ip_addresses. */
+#ifdef NP_BTF_BYTES
+#define NP_BTF_IP_ADDRESSES np_btf_ip_addresses
+#else
+#define NP_BTF_IP_ADDRESSES np_ip_addresses
+#endif
 #endif /* OFF_SKB_HEAD && OFF_SKB_NETWORK_HEADER */
 
 #ifdef NP_SAMPLE_EVERY

@@ -94,6 +94,23 @@ BPF_PERCPU_ARRAY(latency_ns_front, struct latency_front, NP_FRONT_ENTRIES);
  * when the buffer ends sooner; only bytes inside the packet are used. */
 #define RX_HDR_WORDS 18
 
+#ifdef NP_BTF_BYTES
+#if RX_HDR_WORDS * 4 > NP_BYTES_SIZE
+#error "the header window is larger than NP_BYTES_SIZE"
+#endif
+/* With loads (netprobe.h): all RX_HDR_WORDS words, those past mapped memory 0. */
+static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS])
+{
+    if (!ip)
+        return 0;
+    const u8 *p = np_btf_bytes(ip);
+    u64 *words = (u64 *)hdr;
+#pragma unroll
+    for (int i = 0; i < RX_HDR_WORDS / 2; i++)
+        words[i] = NP_LOAD(u64, p, 8 * i);
+    return RX_HDR_WORDS * 4;
+}
+#else
 static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS])
 {
     if (!ip)
@@ -106,6 +123,7 @@ static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS])
         return 20;
     return 0;
 }
+#endif
 
 static __always_inline u64 rx_mix(u64 h, u32 word)
 {
@@ -167,7 +185,7 @@ static __always_inline void rx_start_at(u64 skb, const u8 *data)
     struct inflight_slot *slot = inflight.lookup(&index);
     if (!slot)
         return;
-    u32 hdr[RX_HDR_WORDS];
+    u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
     u64 packet = rx_identity(hdr, rx_read_header(data, hdr));
     if (!packet)
         return;                         /* not IP: never a sample */
@@ -203,7 +221,7 @@ static __always_inline void rx_end_at(u64 skb, const u8 *ip)
         return;
     }
     u64 now = bpf_ktime_get_ns(), started = slot->started_ns, packet = slot->packet;
-    u32 hdr[RX_HDR_WORDS];
+    u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
     int got = rx_read_header(ip, hdr);
     if (rx_identity(hdr, got) != packet) {
         np_map_error(ERR_UNMATCHED);    /* another packet at this address: a clone, a reused skb */
@@ -295,8 +313,9 @@ int np_raw_skb_copy(struct bpf_raw_tracepoint_args *ctx)        /* skb_copy_data
 #elif defined(NP_ATTACH_TP_BTF)
 
 /* The same two hooks as BTF-typed tracepoints: the sk_buff's members (data,
- * head, network_header) are plain loads; the packet's bytes are still read
- * with the helper (the verifier types head and data as numbers). */
+ * head, network_header) are plain loads; so are the packet's bytes where the
+ * kernel has bpf_rdonly_cast (NP_BTF_BYTES), else they are read with the
+ * helper (the verifier types head and data as numbers). */
 int np_btf_netif_receive(u64 *ctx)      /* netif_receive_skb(skb) */
 {
     const u8 *skb = (const u8 *)ctx[0];

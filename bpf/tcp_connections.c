@@ -353,8 +353,8 @@ int np_btf_tcp_send_reset(u64 *ctx)
     if (sk && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV) {
         if (!np_btf_sock_addresses(sk, &key.pair))
             return 0;
-    } else if (!skb || !np_ip_addresses(np_btf_skb_network_header(skb), key.pair.remote, key.pair.local,
-                                        &protocol)) {
+    } else if (!skb || !NP_BTF_IP_ADDRESSES(np_btf_skb_network_header(skb), key.pair.remote, key.pair.local,
+                                            &protocol)) {
         return 0;
     }
     count_reset(&key);

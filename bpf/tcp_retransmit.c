@@ -244,8 +244,8 @@ int np_raw_segment_sent(struct bpf_raw_tracepoint_args *ctx)
 /* BTF-typed tracepoint net_dev_start_xmit(skb, dev): the sk_buff's members
  * are plain loads, in the order of the checks (a forwarded or bridged packet
  * returns after the first, a non-IP one after the second); the IP header and
- * gso_segs (behind head, which the verifier types as a number) are read
- * with the helper. */
+ * gso_segs (behind head, which the verifier types as a number) are loads too
+ * where the kernel has bpf_rdonly_cast (NP_BTF_BYTES), else helper reads. */
 int np_btf_segment_sent(u64 *ctx)
 {
     const u8 *skb = (const u8 *)ctx[0];
@@ -259,10 +259,19 @@ int np_btf_segment_sent(u64 *ctx)
     const u8 *head = NP_LOAD_PTR(skb, OFF_SKB_HEAD);
     u16 network_header = NP_LOAD(u16, skb, OFF_SKB_NETWORK_HEADER);
     u32 end = NP_LOAD(u32, skb, OFF_SKB_END);
-    if (!head || !segment_key(head + network_header, &key))
+    u8 ip_protocol = 0;
+    if (!head || !NP_BTF_IP_ADDRESSES(head + network_header, key.local, key.remote, &ip_protocol) ||
+        ip_protocol != NP_IPPROTO_TCP)
         return 0;
+#ifdef NP_BTF_BYTES     /* skb_shared_info with a load too (netprobe.h) */
+#if OFF_SHINFO_GSO_SEGS + 2 > NP_BYTES_SIZE
+#error "gso_segs lies beyond NP_BYTES_SIZE"
+#endif
+    u16 gso_segs = NP_LOAD(u16, np_btf_bytes(head + end), OFF_SHINFO_GSO_SEGS);
+#else
     u16 gso_segs = 0;
     bpf_probe_read_kernel(&gso_segs, sizeof(gso_segs), head + end + OFF_SHINFO_GSO_SEGS);
+#endif
     count_segments(&key, gso_segs);
     return 0;
 }

@@ -8,10 +8,11 @@
  *
  * Three attach modes, the same hook and the same numbers:
  *  tp_btf: the BTF-typed tracepoint: the socket is a typed pointer, so
- *      its addresses are plain loads and srtt_us one after
- *      bpf_skc_to_tcp_sock (the verifier lets a struct sock pointer reach
- *      only struct sock's members; the helper checks the socket is TCP and
- *      returns it typed as the tcp_sock it is), no bpf_probe_read_kernel.
+ *      its addresses are plain loads, and srtt_us a load through
+ *      bpf_rdonly_cast where the kernel has it (NP_BTF_BYTES), else one
+ *      after bpf_skc_to_tcp_sock (the verifier lets a struct sock pointer
+ *      reach only struct sock's members; the helper checks the socket is TCP
+ *      and returns it typed as the tcp_sock it is); no bpf_probe_read_kernel.
  *  raw_tracepoint: the program gets tcp_probe's arguments (sk, skb) and
  *      reads srtt_us and the addresses from the socket at offsets read from
  *      the running kernel's BTF; the kernel builds no record for it, which
@@ -107,10 +108,17 @@ int np_btf_tcp_rtt(u64 *ctx)                                 /* tcp_probe(sk, sk
 
     if (np_sample_skip())
         return 0;
+#ifdef NP_BTF_BYTES
+    /* tcp_probe fires only in tcp_rcv_established, for a full TCP socket:
+     * srtt_us is read with a load (netprobe.h), no helper call */
+    const u8 *tp = (const u8 *)ctx[0];
+    u32 srtt_us = NP_LOAD(u32, np_btf_bytes(tp + OFF_TCP_SRTT_US), 0);
+#else
     const u8 *tp = (const u8 *)bpf_skc_to_tcp_sock((void *)ctx[0]);
     if (!tp)
         return 0;
     u32 srtt_us = NP_LOAD(u32, tp, OFF_TCP_SRTT_US);
+#endif
     if ((srtt_us >> 3) == 0)
         return 0;
     if (!np_btf_sock_address_words(tp, (u64 *)&key.pair))

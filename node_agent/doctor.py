@@ -1,7 +1,7 @@
 """`netprobe-agent doctor`: what this node supports, per program.
 
 The production checklist done by the program itself: kernel, BTF, kprobes,
-fentry, tracefs, every tracepoint the catalogue uses, headers, capabilities,
+fentry, how tp_btf programs read packet bytes, tracefs, every tracepoint the catalogue uses, headers, capabilities,
 and for each program whether (and how) it can load. Exit status 1 if no
 program can load.
 """
@@ -35,6 +35,9 @@ def report(features: KernelFeatures | None = None) -> tuple[list[str], bool]:
     lines.append(f"kprobes: {_yes(f.kprobes)}")
     lines.append(f"fentry: {'BPF trampoline present' if f.fentry else 'no'} "
                  "(attach not tried: no v1 program uses fentry)")
+    lines.append("packet bytes in tp_btf programs: " +
+                 ("plain loads (kfunc bpf_rdonly_cast)" if f.packet_loads else
+                  "bpf_probe_read_kernel (no kfunc bpf_rdonly_cast: Linux < 6.2)"))
     lines.append(f"tracefs events: {f.events_dir or 'not mounted'}")
     lines.append(f"BCC tracepoint formats ({BCC_TRACEFS}): {_yes(f.bcc_tracefs)}")
     headers = f.headers

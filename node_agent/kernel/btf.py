@@ -9,8 +9,9 @@ instead, as -D constants at compile time.
 Only what that needs is parsed: the type section's layout, the members of
 structs and unions (anonymous members are searched through, as C does), the
 values of named enums (codes the kernel defines, e.g. enum
-skb_drop_reason, renumbered between kernel versions), and the ids of the
-typedefs that name tracepoints for BTF-typed programs (btf_trace_<event>).
+skb_drop_reason, renumbered between kernel versions), the ids of the
+typedefs that name tracepoints for BTF-typed programs (btf_trace_<event>),
+and the ids of the few kernel functions (kfuncs) the programs call (KFUNCS).
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ from functools import lru_cache
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 BTF_MAGIC = 0xEB9F
 TRACE_TYPEDEF_PREFIX = b"btf_trace_"
+# Kernel functions (kfuncs) the programs call, with the number of the made-up
+# helper their C code calls instead: BCC 0.26 cannot emit a kfunc call, so the
+# code calls "helper" NP_KFUNC_<NAME> (passed as -D) and the tp_btf loader
+# turns each such call into a call of the kfunc by its BTF id.
+KFUNCS = {"bpf_rdonly_cast": 0x4E500001}
 
 # kinds (include/uapi/linux/btf.h)
 INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
@@ -51,6 +57,8 @@ class BTF:
         self._by_name: dict[str, list[int]] = {}
         self._enums: dict[str, list[int]] = {}      # enum name -> offsets of its headers
         self._trace_typedefs: dict[str, int] = {}   # btf_trace_<event> -> type id
+        self._kfuncs: dict[str, int] = {}           # a name of KFUNCS -> its FUNC's type id
+        wanted = {name.encode() + b"\0" for name in KFUNCS}
         pos, end = self._types_at, self._types_at + type_len
         while pos < end:
             name_off, info, _ = struct.unpack_from("<III", data, pos)
@@ -64,6 +72,8 @@ class BTF:
             elif kind == TYPEDEF and name_off and data.startswith(TRACE_TYPEDEF_PREFIX,
                                                                   hdr_len + str_off + name_off):
                 self._trace_typedefs[self._str(name_off)] = type_id
+            elif kind == FUNC and name_off and any(data.startswith(w, hdr_len + str_off + name_off) for w in wanted):
+                self._kfuncs[self._str(name_off)] = type_id
             pos += 12 + _FIXED_EXTRA.get(kind, 0) + _PER_ENTRY.get(kind, 0) * vlen
 
     @classmethod
@@ -102,6 +112,12 @@ class BTF:
         if type_id is None:
             raise BTFError(f"tracepoint {event} has no btf_trace_{event} in the kernel's BTF")
         return type_id
+
+    def kfunc_id(self, name: str) -> int | None:
+        """Type id of kernel function `name` (one of KFUNCS), None if this kernel lacks it."""
+        if name not in KFUNCS:
+            raise ValueError(f"{name} is not in btf.KFUNCS")
+        return self._kfuncs.get(name)
 
     def _header(self, type_id: int) -> tuple[int, int, int, int, int]:
         pos = self._offsets[type_id]

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from node_agent.kernel.btf import KFUNCS, BTFError, kernel_btf
 from node_agent.kernel.headers import HeadersNotFound, KernelHeaders, find_kernel_headers
 
 TRACEFS_EVENTS = ("/sys/kernel/tracing/events", "/sys/kernel/debug/tracing/events")
@@ -39,6 +40,14 @@ MEMLOCK_ACCOUNTING_BEFORE = (5, 11)
 # kernel.perf_event_paranoid > 1, the default). BPF + PERFMON already read any
 # kernel memory, so the addresses reveal nothing more to the agent.
 PROGRAM_CAPABILITIES = {"dns": ("SYSLOG",)}
+
+# What tp_btf programs cast a packet's address to (bpf_rdonly_cast) to read its
+# bytes with plain loads: the verifier checks such a load only against the
+# type's size and, inside an array member, not against the member's elements,
+# so the type wanted is one array of integers at offset 0, large enough for the
+# headers read. struct linux_mib (the SNMP counters, unsigned long mibs[~130],
+# over 1 KiB) is that, and is in every kernel with IPv4.
+PACKET_BYTES_STRUCT = "linux_mib"
 
 
 def daemonset_capabilities(programs: Iterable[str] = (), raise_memlock: bool = False) -> list[str]:
@@ -112,6 +121,22 @@ class KernelFeatures:
             return e
 
     @cached_property
+    def packet_loads(self) -> tuple[int, int] | None:
+        """(BTF id, size) of the type tp_btf programs cast packet addresses to,
+        to read packet bytes with plain loads instead of a bpf_probe_read_kernel
+        call each (netprobe.h, np_btf_bytes); None where the kernel lacks the
+        bpf_rdonly_cast kfunc (before 6.2) or the type."""
+        if not self.btf:
+            return None
+        try:
+            btf = kernel_btf()
+            if btf.kfunc_id("bpf_rdonly_cast") is None:
+                return None
+            return btf.struct_id(PACKET_BYTES_STRUCT), btf.sizeof(PACKET_BYTES_STRUCT)
+        except (BTFError, OSError):
+            return None
+
+    @cached_property
     def resets_without_socket_traced(self) -> bool:
         """tcp:tcp_send_reset also fires for the RSTs the kernel sends for no
         socket (the answer to a refused connection) since Linux 6.10, when the
@@ -131,6 +156,10 @@ class KernelFeatures:
         # attempts that failed before anything was counted; 6.1 fires on success only.
         if self.tracepoint_field("tcp:tcp_retransmit_skb", "err"):
             defines.append("NP_RETRANSMIT_HAS_ERR")
+        if self.packet_loads:
+            type_id, size = self.packet_loads
+            defines += [f"NP_KFUNC_RDONLY_CAST={KFUNCS['bpf_rdonly_cast']}",
+                        f"NP_BYTES_BTF_ID={type_id}", f"NP_BYTES_SIZE={size}"]
         return defines
 
     def tracepoint_field(self, name: str, field_name: str) -> bool:
@@ -153,7 +182,6 @@ class KernelFeatures:
         BTF has its btf_trace_<event> typedef (Linux 5.5+ with BTF)."""
         if not self.btf:
             return False
-        from node_agent.kernel.btf import BTFError, kernel_btf
         try:
             kernel_btf().trace_typedef_id(name.split(":", 1)[1])
         except (BTFError, OSError):

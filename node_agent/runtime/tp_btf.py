@@ -25,7 +25,7 @@ import platform
 import struct
 from functools import lru_cache
 
-from node_agent.kernel.btf import kernel_btf
+from node_agent.kernel.btf import KFUNCS, kernel_btf
 
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 _BPF_PROG_LOAD = 5
@@ -33,6 +33,9 @@ _BPF_RAW_TRACEPOINT_OPEN = 17
 _BPF_PROG_TYPE_TRACING = 26
 _BPF_TRACE_RAW_TP = 23
 _OBJ_NAME_LEN = 16
+_CALL = 0x85                    # BPF_JMP | BPF_CALL
+_PSEUDO_KFUNC_CALL = 2          # src_reg of a kfunc call
+_INSN = struct.Struct("<BBhi")  # code, dst_reg | src_reg << 4, off, imm
 _LOG_SIZE = 1 << 20
 
 # union bpf_attr, BPF_PROG_LOAD: the members up to attach_btf_id (stable UAPI
@@ -62,11 +65,28 @@ def _verifier_tail(log: bytes, lines: int = 6) -> str:
     return " | ".join(kept[-lines:])
 
 
+def with_kfunc_calls(insns: bytes) -> bytes:
+    """`insns` with every call of a KFUNCS placeholder helper made a call of
+    that kernel function. TpBtfError if this kernel lacks one that is called."""
+    placeholders = {number: name for name, number in KFUNCS.items()}
+    out = bytearray(insns)
+    for pos in range(0, len(out), _INSN.size):
+        code, regs, off, imm = _INSN.unpack_from(out, pos)
+        if code != _CALL or regs != 0 or imm not in placeholders:
+            continue
+        func_id = kernel_btf().kfunc_id(placeholders[imm])
+        if func_id is None:
+            raise TpBtfError(f"the program calls kernel function {placeholders[imm]}, which this kernel lacks")
+        _INSN.pack_into(out, pos, code, _PSEUDO_KFUNC_CALL << 4, 0, func_id)
+    return bytes(out)
+
+
 def load(insns: bytes, name: str, event: str, license: bytes = b"GPL") -> int:
     """Load `insns` as a tp_btf program on tracepoint `event` (e.g. "tcp_probe");
     returns its fd. TpBtfError (with the verifier's last lines) if refused;
     BTFError if the kernel's BTF has no such tracepoint."""
     type_id = kernel_btf().trace_typedef_id(event)
+    insns = with_kfunc_calls(insns)
     code = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(license)
     log = ctypes.create_string_buffer(_LOG_SIZE)

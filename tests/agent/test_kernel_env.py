@@ -36,6 +36,39 @@ def test_btf_unknown_members_are_named():
         kernel_btf().offsetof("no_such_struct_np", "x")
 
 
+def test_kfunc_ids_come_from_btf_and_only_for_the_kfuncs_the_programs_call():
+    btf = kernel_btf()
+    # bpf_rdonly_cast came with 6.2: this project's 6.18 host has it, Debian 12's 6.1 (make vm-test) not
+    has_cast = tuple(int(x) for x in os.uname().release.split(".")[:2]) >= (6, 2)
+    func_id = btf.kfunc_id("bpf_rdonly_cast")
+    assert (func_id is not None) is has_cast
+    if has_cast:
+        out = subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux"], capture_output=True,
+                             text=True, check=True).stdout
+        assert f"[{func_id}] FUNC 'bpf_rdonly_cast'" in out
+    with pytest.raises(ValueError, match="not in btf.KFUNCS"):
+        btf.kfunc_id("bpf_obj_new_impl")
+
+
+def test_kfunc_placeholder_calls_become_kfunc_calls_and_nothing_else_changes():
+    import struct
+    from node_agent.kernel.btf import KFUNCS
+    from node_agent.runtime import tp_btf
+
+    insn = struct.Struct("<BBhi")
+    helper_call = insn.pack(0x85, 0, 0, 1)                        # call bpf_map_lookup_elem
+    placeholder = insn.pack(0x85, 0, 0, KFUNCS["bpf_rdonly_cast"])
+    mov = insn.pack(0xB7, 2, 0, KFUNCS["bpf_rdonly_cast"])        # r2 = the same number: not a call
+    exit_ = insn.pack(0x95, 0, 0, 0)
+    func_id = kernel_btf().kfunc_id("bpf_rdonly_cast")
+    if func_id is None:       # a kernel before 6.2: refused by name, never loaded as a helper call
+        with pytest.raises(tp_btf.TpBtfError, match="bpf_rdonly_cast, which this kernel lacks"):
+            tp_btf.with_kfunc_calls(helper_call + placeholder + exit_)
+        return
+    out = tp_btf.with_kfunc_calls(helper_call + placeholder + mov + exit_)
+    assert out == helper_call + insn.pack(0x85, 0x20, 0, func_id) + mov + exit_
+
+
 def test_drop_reasons_from_btf_agree_with_the_kfree_skb_tracepoints_own_table():
     """Two sources in the running kernel, one table: every code the tracepoint
     prints has the same name from BTF's enum skb_drop_reason. The tracepoint
@@ -199,6 +232,9 @@ def test_doctor_reports_every_program_and_the_fallback():
         assert f"{program}: can load: yes, via {first}" in out
     assert "sock:inet_sock_set_state: yes" in out and "BTF (/sys/kernel/btf/vmlinux): yes" in out
     assert "kernel headers: /" in out and "capabilities:" in out
+    loads = KernelFeatures().packet_loads is not None
+    assert ("packet bytes in tp_btf programs: plain loads" in out) is loads
+    assert ("packet bytes in tp_btf programs: bpf_probe_read_kernel" in out) is not loads
     if KernelFeatures().kprobes:       # e.g. Debian 12's 6.1 (make vm-test)
         assert "kprobes: yes" in out
         assert "rx_latency: can load: yes, via kprobe" in out

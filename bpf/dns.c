@@ -253,15 +253,55 @@ struct dns_packet {
     u32 payload_len;
 };
 
+#ifdef NP_BTF_BYTES
+/* The port check with loads (netprobe.h), before dns_headers' helper read: 0
+ * if the packet at ip is surely not DNS (not UDP or TCP, or neither port
+ * what dns_headers wants), 1 if it may be, including what constant offsets
+ * cannot tell (IPv4 options, IPv6 fragments): dns_headers decides those. Only
+ * a few bytes, and only for the early return: with the whole 60 bytes in
+ * registers the verifier followed the parser's branches on every byte and
+ * gave up at its instruction limit. */
+static __always_inline int dns_port_may_match(const u8 *ip, int want_dport)
+{
+    const u8 *b = np_btf_bytes(ip);
+    u8 first = NP_LOAD(u8, b, 0), transport;
+    u32 ports;
+    if (first == 0x45) {                    /* IPv4 without options */
+        transport = NP_LOAD(u8, b, 9);
+        ports = NP_LOAD(u32, b, 20);
+    } else if ((first >> 4) == 4) {
+        return 1;
+    } else if ((first >> 4) == 6) {
+        transport = NP_LOAD(u8, b, 6);
+        if (transport == NP_IPPROTO_FRAGMENT)
+            return 1;
+        ports = NP_LOAD(u32, b, 40);
+    } else {
+        return 0;
+    }
+    if (transport != NP_IPPROTO_UDP && transport != NP_IPPROTO_TCP)
+        return 0;
+    u16 sport = __builtin_bswap16(ports & 0xffff), dport = __builtin_bswap16(ports >> 16);
+    return sport == DNS_PORT || (want_dport && dport == DNS_PORT);
+}
+#endif
+
 /* The IP and L4 headers at ip (one read of 60 bytes: IPv6 + TCP's data
  * offset, IPv4 + TCP); 1 if UDP or TCP to or from port 53 (with
  * want_dport; else only from port 53). Non-DNS packets return here: this is
- * the port check every packet pays. */
+ * the port check every packet pays (on tp_btf with 6.2+, dns_port_may_match
+ * first). */
 static __always_inline int dns_headers(const u8 *ip, int want_dport, struct dns_packet *p)
 {
     u32 hdr[15];
     u8 *b = (u8 *)hdr;
-    if (!ip || bpf_probe_read_kernel(hdr, sizeof(hdr), ip))
+    if (!ip)
+        return 0;
+#ifdef NP_BTF_BYTES
+    if (!dns_port_may_match(ip, want_dport))
+        return 0;
+#endif
+    if (bpf_probe_read_kernel(hdr, sizeof(hdr), ip))
         return 0;
     u8 version = b[0] >> 4;
     u32 l4, ip_len;
@@ -711,8 +751,9 @@ int np_dns_receive_tp(struct tracepoint__net__netif_receive_skb *args)
 
 #elif defined(NP_ATTACH_TP_BTF)
 
-/* BTF-typed tracepoints: the sk_buff's members are plain loads (the
- * packet's bytes behind head are still read with the helper). */
+/* BTF-typed tracepoints: the sk_buff's members are plain loads; so is the
+ * port check where the kernel allows (dns_port_may_match), the rest of the
+ * packet's bytes behind head are read with the helper. */
 int np_btf_dns_xmit(u64 *ctx)           /* net_dev_start_xmit(skb, dev) */
 {
     on_query((const u8 *)ctx[0]);

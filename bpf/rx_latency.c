@@ -20,8 +20,9 @@
  *
  * The start time is kept per skb address in a direct-mapped table
  * (inflight; packets never delivered, e.g. forwarded or dropped, are simply
- * overwritten by later ones). The kernel reuses skb addresses, and a start
- * left by a packet that was never read (a pure ACK) can meet a later skb at
+ * overwritten by later ones; TCP segments without payload are never
+ * started). The kernel reuses skb addresses, and a start
+ * left by a packet that was never read (a dropped one) can meet a later skb at
  * the same address that was never started: the clone of a packet that a
  * capture (an AF_PACKET socket, tcpdump) reads, in either direction. So a
  * slot also holds the packet's identity: a hash of its IP header and the
@@ -177,6 +178,23 @@ static __always_inline u64 rx_identity(const u32 hdr[RX_HDR_WORDS], int got)
     return 0;
 }
 
+/* 1 if hdr holds a TCP segment without payload (a pure ACK, a bare FIN or
+ * RST): nothing of it is ever copied to a reader, so it is not started (on
+ * a bulk sender half the received packets are ACKs; each start would cost a
+ * clock read and could displace the start of a packet that will be read).
+ * Lengths of 0 (BIG TCP's IPv4 total length) never match. */
+static __always_inline int rx_without_tcp_payload(const u32 hdr[RX_HDR_WORDS], int got)
+{
+    const u8 *bytes = (const u8 *)hdr;
+    u8 version = bytes[0] >> 4;
+    u8 protocol4 = ((volatile u8 *)bytes)[9], protocol6 = ((volatile u8 *)bytes)[6];
+    if (version == 4 && (bytes[0] & 0xf) == 5 && protocol4 == NP_IPPROTO_TCP && got >= 40)
+        return ((bytes[2] << 8) | bytes[3]) == 20 + (bytes[32] >> 4) * 4;     /* TCP data offset: byte 32 */
+    if (version == 6 && protocol6 == NP_IPPROTO_TCP && got >= 60)
+        return ((bytes[4] << 8) | bytes[5]) == (bytes[52] >> 4) * 4;          /* byte 40 + 12 */
+    return 0;
+}
+
 /* data: skb->data, where the IP header is at the start (the device's
  * header was pulled). */
 static __always_inline void rx_start_at(u64 skb, const u8 *data)
@@ -186,9 +204,10 @@ static __always_inline void rx_start_at(u64 skb, const u8 *data)
     if (!slot)
         return;
     u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
-    u64 packet = rx_identity(hdr, rx_read_header(data, hdr));
-    if (!packet)
-        return;                         /* not IP: never a sample */
+    int got = rx_read_header(data, hdr);
+    u64 packet = rx_identity(hdr, got);
+    if (!packet || rx_without_tcp_payload(hdr, got))
+        return;                         /* not IP, or nothing to read: never a sample */
     /* time and identity first, then the owner: a reader that sees the owner
      * sees them (stores are not reordered on x86; elsewhere a rare sample
      * may be off) */

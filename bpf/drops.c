@@ -26,6 +26,7 @@
  * and IPv6 packets (skb->protocol); a drop of anything else (ARP, AF_UNIX,
  * a packet without its IP header yet) counts with no addresses. All
  * sk_buff members at offsets from the running kernel's BTF (OFF_SKB_*).
+ * Counts go through a front cache (netprobe.h) before the drops hash.
  */
 #include "netprobe.h"
 #if !defined(NP_ATTACH_RAW_TRACEPOINT) && !defined(NP_ATTACH_TP_BTF)
@@ -51,6 +52,16 @@ struct drop_key {
 
 BPF_TABLE("lru_percpu_hash", struct drop_key, u64, drops, NP_MAX_ENTRIES);
 
+/* drops' front cache (netprobe.h): a drop storm (a firewall rule, a full
+ * queue, a port scan answered with resets) repeats a few keys, each added to
+ * its entry in place instead of a hash update per packet. */
+struct drops_front {
+    struct drop_key key;
+    u64 value;
+};
+
+BPF_PERCPU_ARRAY(drops_front, struct drops_front, NP_FRONT_ENTRIES);
+
 #define NP_ETH_P_IP 0x0800      /* in host order */
 #define NP_ETH_P_IPV6 0x86DD
 
@@ -66,7 +77,7 @@ static __always_inline void count_drop(u32 reason, int input_ifindex, u16 protoc
     if (reason == NP_SKB_CONSUMED)      /* freed after use: not a drop */
         return;
 #endif
-    struct drop_key key = {};
+    struct drop_key key NP_FRONT_KEY = {};
     key.reason = reason;
     key.direction = input_ifindex ? DIR_INGRESS : DIR_EGRESS;
     u16 protocol = __builtin_bswap16(protocol_be);
@@ -77,9 +88,15 @@ static __always_inline void count_drop(u32 reason, int input_ifindex, u16 protoc
         else
             NP_BTF_IP_ADDRESSES(network_header, key.pair.local, key.pair.remote, &carried);
     }
-    u64 zero = 0, *count = drops.lookup_or_try_init(&key, &zero);
+    u32 index = np_front_index((const u64 *)&key, NP_WORDS(key));
+    struct drops_front *front = drops_front.lookup(&index);
+    struct drops_front old;
+    u64 one = 1;
+    if (!front || !np_front_add((u64 *)front, (const u64 *)&key, NP_WORDS(key), &one, 1, (u64 *)&old))
+        return;
+    u64 zero = 0, *count = drops.lookup_or_try_init(&old.key, &zero);
     if (count)
-        (*count)++;
+        *count += old.value;
     else
         np_map_error(ERR_DROPS);
 }

@@ -7,7 +7,8 @@ built), else a tracepoint: the same counts every way. Reason names come from the
 """
 from node_agent.kernel.drop_reasons import drop_reasons
 from node_agent.runtime.spec import (BTF_FIRST, PODS, SKB_NETWORK_HEADER_OFFSETS, Attach, Code, MapInfo, Metric,
-                                     ProgramSpec, Strategy, attach_option, btf_first_modes, max_entries_option)
+                                     ProgramSpec, Strategy, attach_option, btf_first_modes, front_cache_option,
+                                     max_entries_option)
 
 # Which side of the packet the pod labels are: C constants DIR_INGRESS, DIR_EGRESS.
 DIRECTION = Code("direction", "direction", {1: "ingress", 2: "egress"}, define="DIR")
@@ -17,7 +18,8 @@ SPEC = ProgramSpec(
     name="drops",
     source="drops.c",
     summary="packets the kernel dropped, by its drop reason (named by the running kernel), direction and pod",
-    options=(attach_option("skb:kfree_skb (the same counts every way)", BTF_FIRST), max_entries_option(4096)),
+    options=(attach_option("skb:kfree_skb (the same counts every way)", BTF_FIRST), max_entries_option(4096),
+             front_cache_option()),
     strategies=(
         Strategy("tp_btf", (Attach("tp_btf", "skb:kfree_skb", "np_btf_kfree_skb"),),
                  defines=("NP_ATTACH_TP_BTF",)),
@@ -32,7 +34,7 @@ SPEC = ProgramSpec(
                "direction: ingress (counted for the packet's destination) or egress (its source), by peer.",
                map="drops", key=(PODS, REASON, DIRECTION)),
     ),
-    maps=(MapInfo("drops"),),
+    maps=(MapInfo("drops", front=True),),
     map_errors=("drops",),
     btf_offsets={**SKB_NETWORK_HEADER_OFFSETS,
                  "OFF_SKB_IIF": ("sk_buff", "skb_iif"),

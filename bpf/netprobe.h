@@ -185,7 +185,7 @@ static __always_inline int np_sock_addresses(const u8 *sk, struct np_addr_pair *
  * bpf_rdonly_cast kfunc (6.2+; the agent then defines NP_BYTES_BTF_ID). The
  * verifier types head and data as numbers (or as memory of size 0), so the
  * packet is otherwise read with bpf_probe_read_kernel, and a helper call is
- * the dearest thing a per-packet program does here (~70 ns: the kernel's
+ * the dearest thing a per-packet program does here (60-80 ns: the kernel's
  * return-stack mitigation taxes every return of the helper's nested calls).
  * bpf_rdonly_cast gives the address a type (NP_BYTES_BTF_ID: one array of
  * integers, NP_BYTES_SIZE bytes) whose members the program may load; the

@@ -85,13 +85,16 @@ class BpfTime:
     round_trips: int
     by_program: dict[str, tuple[int, int]]       # catalogue program (else kernel name) -> (runs, run time in ns)
 
-    def ns_per_round_trip(self, program: str | None = None) -> float:
-        programs = [program] if program else list(self.by_program)
-        return sum(self.by_program[p][1] for p in programs) / self.round_trips
-
     def runs_per_round_trip(self, program: str | None = None) -> float:
+        """Of `program`, or of all programs of the window."""
+        return self._per_round_trip(0, program)
+
+    def ns_per_round_trip(self, program: str | None = None) -> float:
+        return self._per_round_trip(1, program)
+
+    def _per_round_trip(self, field: int, program: str | None) -> float:
         programs = [program] if program else list(self.by_program)
-        return sum(self.by_program[p][0] for p in programs) / self.round_trips
+        return sum(self.by_program[p][field] for p in programs) / self.round_trips
 
 
 def program_of(kernel_name: str, functions) -> str:

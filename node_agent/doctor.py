@@ -1,9 +1,9 @@
 """`netprobe-agent doctor`: what this node supports, per program.
 
 The production checklist done by the program itself: kernel, BTF, kprobes,
-fentry, how tp_btf programs read packet bytes, tracefs, every tracepoint the catalogue uses, headers, capabilities,
-and for each program whether (and how) it can load. Exit status 1 if no
-program can load.
+fentry, how tp_btf programs read packet bytes, tracefs, every tracepoint the
+catalogue uses, headers, capabilities, and for each program whether (and how)
+it can load. Exit status 1 if no program can load.
 """
 from __future__ import annotations
 

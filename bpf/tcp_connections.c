@@ -10,13 +10,13 @@
  *
  * A connection is opened when it reaches ESTABLISHED: from SYN_SENT it is
  * outbound (we connected), from SYN_RECV inbound (we accepted). The socket is
- * remembered (np_sockets) with its open time; when it reaches CLOSE, closed
- * and the duration histogram are counted and active goes down. opened,
- * closed and active share one value (struct conn_counts) per key. Connections
- * opened before the program was loaded are not counted at all, so
- * opened - closed == active exactly. A socket that cannot be remembered
- * (np_sockets full) is counted in opened and in np_map_errors[ERR_NP_SOCKETS],
- * never in active.
+ * remembered (open_sockets, else np_sockets) with its open time; when it
+ * reaches CLOSE, closed and the duration histogram are counted and active
+ * goes down. opened, closed and active share one value (struct conn_counts)
+ * per key. Connections opened before the program was loaded are not counted
+ * at all, so opened - closed == active exactly. A socket that cannot be
+ * remembered (its slot taken and np_sockets full) is counted in opened and in
+ * np_map_errors[ERR_NP_SOCKETS], never in active.
  */
 #include "netprobe.h"
 
@@ -58,7 +58,46 @@ struct sock_info {
     struct conn_key conn;
 };
 
+/* Open sockets live in a direct-mapped table indexed by a hash of the
+ * socket's address, a slot claimed with compare-and-swap on its owner: an
+ * array lookup and one atomic instruction per open and close. The hash map
+ * np_sockets takes a socket whose slot is already owned; its insert, lookup
+ * and delete are helper calls that take the bucket's lock (with them a state
+ * change cost ~2x the per-connection budget here). np_sockets_spilled counts
+ * np_sockets' entries, so a close of a socket never seen open (a refused
+ * connect, a listener) skips the hash lookup while nothing has spilled.
+ * One socket's state changes are serialised by the kernel (socket lock), so
+ * only the claim can race, with another socket for the same slot. */
+struct open_socket {
+    u64 sk;                     /* owner; 0: free */
+    struct sock_info info;
+};
+
+BPF_ARRAY(open_sockets, struct open_socket, NP_MAX_ENTRIES);
 BPF_TABLE("hash", u64, struct sock_info, np_sockets, NP_MAX_ENTRIES);
+BPF_ARRAY(np_sockets_spilled, s64, 1);
+
+static __always_inline struct open_socket *open_socket_slot(u64 sk)
+{
+    /* sockets are slab objects of a few KiB: bits below 6 carry nothing */
+    u32 index = (u32)(((sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 32) % NP_MAX_ENTRIES;
+    return open_sockets.lookup(&index);
+}
+
+static __always_inline void spilled_add(s64 n)
+{
+    u32 zero = 0;
+    s64 *spilled = np_sockets_spilled.lookup(&zero);
+    if (spilled)
+        __sync_fetch_and_add(spilled, n);
+}
+
+static __always_inline int any_spilled(void)
+{
+    u32 zero = 0;
+    s64 *spilled = np_sockets_spilled.lookup(&zero);
+    return !spilled || *(volatile s64 *)spilled != 0;
+}
 BPF_TABLE("lru_percpu_hash", struct conn_key, struct conn_counts, connections, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct duration_key, struct np_hist_value, duration_us, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct conn_key, u64, resets, NP_MAX_ENTRIES);
@@ -135,20 +174,37 @@ static __always_inline void connection_established(u64 sk, int oldstate, const s
     info.opened_ns = bpf_ktime_get_ns();
     info.conn.direction = oldstate == TCP_SYN_SENT ? DIR_OUTBOUND : DIR_INBOUND;
     info.conn.pair = *pair;
-    u64 tracked = np_sockets.update(&sk, &info) == 0;
-    if (!tracked)
+    u64 tracked = 1;
+    struct open_socket *slot = open_socket_slot(sk);
+    if (slot && __sync_val_compare_and_swap(&slot->sk, 0, sk) == 0) {
+        slot->info = info;
+    } else if (np_sockets.update(&sk, &info) == 0) {
+        spilled_add(1);
+    } else {
+        tracked = 0;
         np_map_error(ERR_NP_SOCKETS);
+    }
     add_counts(&info.conn, 1, 0, tracked);
 }
 
 /* A socket reached CLOSE: counted if we saw it open. */
 static __always_inline void connection_closed(u64 sk)
 {
-    struct sock_info *info = np_sockets.lookup(&sk);
-    if (!info)
-        return;                /* opened before we looked, or never established */
-    struct sock_info seen = *info;
-    np_sockets.delete(&sk);
+    struct sock_info seen;
+    struct open_socket *slot = open_socket_slot(sk);
+    if (slot && slot->sk == sk) {
+        seen = slot->info;
+        __sync_lock_test_and_set(&slot->sk, 0);     /* an exchange: ordered after the reads */
+    } else {
+        if (!any_spilled())
+            return;             /* opened before we looked, or never established */
+        struct sock_info *info = np_sockets.lookup(&sk);
+        if (!info)
+            return;
+        seen = *info;
+        if (np_sockets.delete(&sk) == 0)
+            spilled_add(-1);
+    }
     add_counts(&seen.conn, 0, 1, (u64)-1);
     observe_duration(&seen.conn, (bpf_ktime_get_ns() - seen.opened_ns) / 1000);
 }

@@ -212,6 +212,83 @@ def test_active_counts_open_connections_and_duration_measures_them(lab, agent):
     assert total >= 3 * held          # each lived at least as long as we held it open
 
 
+_HOLD_OPEN = r"""
+import socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cs = [socket.create_connection((host, port), timeout=10) for _ in range(count)]
+print("open", flush=True)
+sys.stdin.readline()
+for c in cs:
+    c.close()
+"""
+
+
+def test_sockets_past_the_open_socket_table_spill_to_the_hash_and_past_both_are_opened_untracked(
+        lab, attach_mode, agent_factory, tmp_path):
+    """tcp_connections with max_entries 64 (bpf/tcp_connections.c): open
+    sockets take a 64-slot direct-mapped table, a socket whose slot is owned
+    goes to the 64-entry hash np_sockets, and one that finds both taken is
+    counted in opened and in the update failures, never in active. 100
+    connections held open are 200 sockets on this kernel (both ends): more
+    than the table can hold, so active > 64 proves the hash took some, and
+    failures + active == opened (failures may also count the sockets of the
+    scrapes made meanwhile: the agent watches the host's sockets too, and
+    failures have no labels). When they close, closed == what was active and
+    active returns to 0; then every slot and hash entry is free again: the
+    next connections are all tracked."""
+    n, port = 100, 7012
+    options = {"max_entries": 64, **ATTACH_MODES[attach_mode]["tcp_connections"]}
+    small = agent_factory({"tcp_connections": options}, lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)).start()
+    lab.serve_tcp("b", port)
+    sides = (dict(pod_labels("a", "b"), direction="outbound"), dict(pod_labels("b", "a"), direction="inbound"))
+    failures = {"program": "tcp_connections", "map": "np_sockets"}
+
+    def counts(s):
+        return {"opened": sum(s.value("netprobe_tcp_connections_opened_total", **l) for l in sides),
+                "closed": sum(s.value("netprobe_tcp_connections_closed_total", **l) for l in sides),
+                "active": sum(s.value("netprobe_tcp_connections_active", **l) for l in sides),
+                "durations": sum(s.value("netprobe_tcp_connection_duration_seconds_count", **l) for l in sides),
+                "failures": s.value("netprobe_map_update_failures_total", **failures)}
+
+    def missed(before, after):
+        return missed_runs(before, after, "sock:inet_sock_set_state")
+
+    scrapes = 0
+
+    def scrape():
+        nonlocal scrapes
+        scrapes += 1
+        return small.scrape()
+
+    first = scrape()
+    assert counts(first) == dict.fromkeys(counts(first), 0)
+    holder = lab.pods["a"].popen([sys.executable, "-c", _HOLD_OPEN, lab.pods["b"].ip4, str(port), str(n)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        held = wait_until(lambda: (lambda s: s if counts(s)["opened"] >= 2 * n - missed(first, s) else None)(
+            scrape()), timeout=10, what="both ends of every connection opened")
+    finally:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=30)
+    c, lost = counts(held), missed(first, held)
+    assert_counted({"opened": c["opened"]}, {"opened": 2 * n}, lost)
+    assert 2 * n - lost <= c["active"] + c["failures"] <= 2 * n + 2 * (scrapes - 1), (c, scrapes)
+    assert 64 < c["active"] <= 128 and c["failures"] > 0, c
+    closed = wait_until(lambda: (lambda s: s if counts(s)["active"] == 0 else None)(small.scrape()),
+                        timeout=30, what="every tracked connection closed")
+    assert_counted({k: counts(closed)[k] for k in ("closed", "durations")},
+                   {"closed": c["active"], "durations": c["active"]}, missed(held, closed))
+
+    m = 20
+    assert lab.connect_many("a", lab.pods["b"].ip4, port, m) == m
+    again = wait_until(lambda: (lambda s: s if counts(s)["closed"] >= counts(closed)["closed"] + 2 * m -
+                                missed(closed, s) else None)(small.scrape()), timeout=30, what="20 more closed")
+    assert_counted({k: counts(again)[k] - counts(closed)[k] for k in ("opened", "closed", "active", "failures")},
+                   {"opened": 2 * m, "closed": 2 * m, "active": 0, "failures": 0}, missed(closed, again))
+
+
 def assert_resets_counted(agent, before, sent: dict, received: dict, m: int, m_sent: int | None = None):
     """Exactly m resets sent on one side (or m_sent) and m received on the
     other (the receiving side may see them a moment later), unless the kernel

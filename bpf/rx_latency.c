@@ -74,9 +74,16 @@ struct inflight_slot {
 
 BPF_ARRAY(inflight, struct inflight_slot, NP_INFLIGHT_ENTRIES);
 
+/* The address itself, in units of 128 bytes (an sk_buff is larger, so two
+ * live ones never share a unit), not a hash of it: the skbs in flight come
+ * from a few slab pages, and their slots then sit in a few pages of the
+ * table too. A hash spread them over the whole table, a TLB miss per start
+ * and per end under bulk traffic (bench kernel_cost: ~30 ns per start and
+ * ~100 per end more). Addresses 128 * NP_INFLIGHT_ENTRIES apart share a
+ * slot (twice as often as hashed indexes would). */
 static __always_inline u32 inflight_index(u64 skb)
 {
-    return (u32)(((skb >> 6) * 0x9E3779B97F4A7C15ULL) >> 32) % NP_INFLIGHT_ENTRIES;
+    return (u32)((skb >> 7) % NP_INFLIGHT_ENTRIES);
 }
 
 BPF_TABLE("lru_percpu_hash", struct latency_key, struct np_hist_value, latency_ns, NP_MAX_ENTRIES);
@@ -99,20 +106,30 @@ BPF_PERCPU_ARRAY(latency_ns_front, struct latency_front, NP_FRONT_ENTRIES);
 #if RX_HDR_WORDS * 4 > NP_BYTES_SIZE
 #error "the header window is larger than NP_BYTES_SIZE"
 #endif
-/* With loads (netprobe.h): all RX_HDR_WORDS words, those past mapped memory 0. */
-static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS])
+/* With loads (netprobe.h): all RX_HDR_WORDS words, those past mapped memory
+ * 0; or, for an IPv4 header of 20 bytes when `whole` is 0, only the 32 bytes
+ * that rx_identity and the addresses need: at the end the header is cold
+ * (the packet waited in a queue), and 32 bytes touch one cache line more
+ * often than 72. */
+static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS], int whole)
 {
     if (!ip)
         return 0;
     const u8 *p = np_btf_bytes(ip);
     u64 *words = (u64 *)hdr;
+    words[0] = NP_LOAD(u64, p, 0);
 #pragma unroll
-    for (int i = 0; i < RX_HDR_WORDS / 2; i++)
+    for (int i = 1; i < 4; i++)
+        words[i] = NP_LOAD(u64, p, 8 * i);
+    if (!whole && (u8)words[0] == 0x45)   /* IPv4, no options */
+        return 32;
+#pragma unroll
+    for (int i = 4; i < RX_HDR_WORDS / 2; i++)
         words[i] = NP_LOAD(u64, p, 8 * i);
     return RX_HDR_WORDS * 4;
 }
 #else
-static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS])
+static __always_inline int rx_read_header(const u8 *ip, u32 hdr[RX_HDR_WORDS], int whole)
 {
     if (!ip)
         return 0;
@@ -204,7 +221,7 @@ static __always_inline void rx_start_at(u64 skb, const u8 *data)
     if (!slot)
         return;
     u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
-    int got = rx_read_header(data, hdr);
+    int got = rx_read_header(data, hdr, 1);
     u64 packet = rx_identity(hdr, got);
     if (!packet || rx_without_tcp_payload(hdr, got))
         return;                         /* not IP, or nothing to read: never a sample */
@@ -241,7 +258,7 @@ static __always_inline void rx_end_at(u64 skb, const u8 *ip)
     }
     u64 now = bpf_ktime_get_ns(), started = slot->started_ns, packet = slot->packet;
     u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
-    int got = rx_read_header(ip, hdr);
+    int got = rx_read_header(ip, hdr, 0);
     if (rx_identity(hdr, got) != packet) {
         np_map_error(ERR_UNMATCHED);    /* another packet at this address: a clone, a reused skb */
         return;

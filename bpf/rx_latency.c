@@ -212,6 +212,22 @@ static __always_inline int rx_without_tcp_payload(const u32 hdr[RX_HDR_WORDS], i
     return 0;
 }
 
+/* sample_every N: a packet is measured iff its identity falls in one N-th
+ * of the hash space. Its start and its end decide alike, so a packet not
+ * measured costs neither a clock read nor a slot at either end (a draw at
+ * random could only be taken at the end: a start cannot know whether it is
+ * the packet's last hop into the stack). The identity hashes sequence
+ * numbers, IP ids and checksums, never a time, so which packets are measured
+ * does not depend on how long they took. */
+static __always_inline int rx_measured(u64 packet)
+{
+#if NP_SAMPLE_EVERY > 1
+    return (packet >> 32) % NP_SAMPLE_EVERY == 0;
+#else
+    return 1;
+#endif
+}
+
 /* data: skb->data, where the IP header is at the start (the device's
  * header was pulled). */
 static __always_inline void rx_start_at(u64 skb, const u8 *data)
@@ -223,8 +239,8 @@ static __always_inline void rx_start_at(u64 skb, const u8 *data)
     u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
     int got = rx_read_header(data, hdr, 1);
     u64 packet = rx_identity(hdr, got);
-    if (!packet || rx_without_tcp_payload(hdr, got))
-        return;                         /* not IP, or nothing to read: never a sample */
+    if (!packet || rx_without_tcp_payload(hdr, got) || !rx_measured(packet))
+        return;                         /* not IP, nothing to read, or not sampled: never a sample */
     /* time and identity first, then the owner: a reader that sees the owner
      * sees them (stores are not reordered on x86; elsewhere a rare sample
      * may be off) */
@@ -243,26 +259,22 @@ static __always_inline void rx_start(u64 skb)
 /* ip: head + network_header, where the IP header is at the end. */
 static __always_inline void rx_end_at(u64 skb, const u8 *ip)
 {
-    /* sample_every draws here, at the end: every packet is started (a start
-     * cannot know whether it is the packet's last hop into the stack, the
-     * one its end pairs with) */
-    if (np_sample_skip())
-        return;
+    u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
+    int got = rx_read_header(ip, hdr, 0);
+    u64 packet = rx_identity(hdr, got);
+    if (packet && !rx_measured(packet))
+        return;                         /* not sampled: its start was not taken either */
     u32 index = inflight_index(skb);
     struct inflight_slot *slot = inflight.lookup(&index);
     if (!slot)
         return;
-    if (slot->skb != skb) {
-        np_map_error(ERR_UNMATCHED);    /* start displaced, or never seen */
+    if (slot->skb != skb || slot->packet != packet) {
+        /* start displaced or never seen, or another packet at this address
+         * (a capture's clone, a reused skb) */
+        np_map_error(ERR_UNMATCHED);
         return;
     }
-    u64 now = bpf_ktime_get_ns(), started = slot->started_ns, packet = slot->packet;
-    u32 hdr[RX_HDR_WORDS] __attribute__((aligned(8)));
-    int got = rx_read_header(ip, hdr, 0);
-    if (rx_identity(hdr, got) != packet) {
-        np_map_error(ERR_UNMATCHED);    /* another packet at this address: a clone, a reused skb */
-        return;
-    }
+    u64 now = bpf_ktime_get_ns(), started = slot->started_ns;
     slot->skb = 0;                      /* one sample per packet: later reads of it don't count */
     u64 delta = now - started;
     if (delta > NP_MAX_AGE_NS) {

@@ -56,7 +56,7 @@ SPEC = ProgramSpec(
         Option("stale_after_ms", int, 10000, "an end later than this after its start is a reused skb, not a sample",
                min=1, max=600000, define="NP_MAX_AGE_NS", to_c=lambda ms: f"{ms * 1000000}ULL"),
         front_cache_option(),
-        sample_every_option("packet read (its end)"),
+        sample_every_option("received packet", "chosen by a hash of its headers (its start and end alike)"),
     ),
     strategies=(KPROBE, TP_BTF, RAW_TRACEPOINT, TRACEPOINT),
     choose_strategies=_strategies,

@@ -330,10 +330,10 @@ def front_cache_option() -> Option:
                   "per scrape", min=0, max=14, define="NP_FRONT_ENTRIES_LOG2")
 
 
-def sample_every_option(what: str) -> Option:
+def sample_every_option(what: str, how: str = "drawn at random") -> Option:
     """`sample_every: N` observes one event in N (1: every event) of a
     distribution, where a subsample serves as well as the whole and the
     skipped events cost almost nothing (docs/agent.md)."""
     return Option("sample_every", int, 1,
-                  f"observe one {what} in N, drawn at random (1: all); the histogram's count is then of samples",
+                  f"observe one {what} in N, {how} (1: all); the histogram's count is then of samples",
                   min=1, max=65536, define="NP_SAMPLE_EVERY")

@@ -892,7 +892,10 @@ def test_rx_latency_sample_every_observes_about_one_packet_in_n(lab, agent, atta
     """The module's agent (every packet) and one with rx_latency sample_every 4
     on the same attach mode watch the same request/response connections: the
     sampled histogram counts about a quarter of the delivered packets (each
-    end drawn at random), with sane values."""
+    measured when its headers' hash falls in a quarter of the hash space, at
+    its start and its end alike), with sane values, and its unmatched ends are
+    no more than the full agent's plus a binomial margin: the packets it does
+    not measure are neither started nor counted as unmatched."""
     every, n = 4, 200
     pods = lab.write_static_resolver(tmp_path / "pods.yaml", NAMES)
     options = {**ATTACH_MODES[attach_mode]["rx_latency"], "sample_every": every}
@@ -911,3 +914,10 @@ def test_rx_latency_sample_every_observes_about_one_packet_in_n(lab, agent, atta
     assert full >= n
     assert_binomial(got, full, 1 / every)
     assert 0 < delta(sampled_after, sampled_before, "netprobe_rx_latency_seconds_sum") / got < 1.0
+    unmatched = {"program": "rx_latency", "reason": "unmatched"}
+    full_unmatched = full_after.value("netprobe_program_discarded_events_total", **unmatched) - \
+        full_before.value("netprobe_program_discarded_events_total", **unmatched)
+    sampled_unmatched = sampled_after.value("netprobe_program_discarded_events_total", **unmatched) - \
+        sampled_before.value("netprobe_program_discarded_events_total", **unmatched)
+    assert sampled_unmatched <= full_unmatched / every + 4.5 * math.sqrt(full_unmatched + 1) + 1, \
+        (sampled_unmatched, full_unmatched)

@@ -37,13 +37,33 @@ def iperf3_client_argv(server_ip: str, seconds: float) -> list[str]:
                                "--time", f"{seconds:g}", "--json"])
 
 
-def iperf3_bits_per_second(pod, server_ip: str, seconds: float) -> float:
-    """One TCP stream for `seconds`; the receiver's average rate in bit/s."""
+def iperf3_received(pod, server_ip: str, seconds: float) -> dict:
+    """One TCP stream for `seconds`; iperf3's end.sum_received (bytes, bits_per_second, ...)."""
     res = pod.run(iperf3_client_argv(server_ip, seconds), timeout=seconds + 60)
     report = json.loads(res.stdout)
     if "error" in report:
         raise RuntimeError(f"iperf3: {report['error']}")
-    return float(report["end"]["sum_received"]["bits_per_second"])
+    return report["end"]["sum_received"]
+
+
+def iperf3_bits_per_second(pod, server_ip: str, seconds: float) -> float:
+    """One TCP stream for `seconds`; the receiver's average rate in bit/s."""
+    return float(iperf3_received(pod, server_ip, seconds)["bits_per_second"])
+
+
+def busy_cpu_ns(cpu: int = CLIENT_CPU) -> int:
+    """Time `cpu` spent not idle since boot (/proc/stat, in USER_HZ ticks): the
+    CPU that the load generators, and with them the whole veth path, run on."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                fields = [int(x) for x in line.split()[1:]]
+                break
+        else:
+            raise RuntimeError(f"no cpu{cpu} line in /proc/stat")
+    idle = fields[3] + fields[4]                        # idle, iowait
+    busy = sum(fields[:8]) - idle                       # user .. steal (guest time is inside user)
+    return busy * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
 def start_sockperf_server(pod, ip: str) -> subprocess.Popen:

@@ -30,7 +30,12 @@ run one more ping-pong window with the kernel's BPF run-time statistics on
 and report the programs' run time per round trip: each program's own part,
 the agent's time above the empty programs, and the ratio that time alone
 would give. It leaves out what the programs do to the stack around them
-(cache lines they evict), which only the measured ratio holds.
+(cache lines they evict), which only the measured ratio holds. The same for
+throughput: one more iperf3 window per stats arm gives the agent's run time
+above the empty programs per byte received, against the time the CPU that
+carries the whole path (the pinned load generators' CPU) was busy per byte
+in the floor's window: the stream's rate if that CPU spent the agent's extra
+time and nothing else changed.
 """
 from __future__ import annotations
 
@@ -44,8 +49,9 @@ from pathlib import Path
 from bench.common import Figure, bpf_programs_on_path, log, running_agent, spread
 from bench.hooks import DEFAULT_PROGRAMS, EMPTY_KIND, EmptyPrograms, Hook, hooks_of
 from bench.kernel_cost import bpf_stats_enabled, function_of, hooks_by_function, prog_ids_of, prog_stats
-from bench.traffic import (iperf3_bits_per_second, sockperf_pingpong, sockperf_pingpong_output,
-                           sockperf_total_round_trips, start_iperf3_server, start_sockperf_server)
+from bench.traffic import (busy_cpu_ns, iperf3_bits_per_second, iperf3_received, sockperf_pingpong,
+                           sockperf_pingpong_output, sockperf_total_round_trips, start_iperf3_server,
+                           start_sockperf_server)
 from netprobe_testbed.netns import Lab
 
 NAME = "veth_overhead"
@@ -105,11 +111,26 @@ def program_of(kernel_name: str, functions) -> str:
     return owners.pop() if len(owners) == 1 else kernel_name
 
 
-def bpf_time_window(client, server_ip: str, seconds: float, ids: set[int], functions) -> BpfTime:
-    """A ping-pong of `seconds` with the kernel's run-time statistics on for the programs `ids`."""
+@dataclass
+class StreamBpfTime:
+    """One iperf3 window with BPF run-time statistics on."""
+    bytes: float
+    busy_cpu_ns: int          # of the CPU carrying the path
+    bpf_ns: int               # all the arm's programs
+
+    def cpu_ns_per_byte(self) -> float:
+        return self.busy_cpu_ns / self.bytes
+
+    def bpf_ns_per_byte(self) -> float:
+        return self.bpf_ns / self.bytes
+
+
+def _run_time(ids: set[int], functions, traffic):
+    """traffic()'s result, and {catalogue program: (runs, run time in ns)} of
+    the programs `ids` while it ran, with the kernel's run-time statistics on."""
     with bpf_stats_enabled():
         before = prog_stats(ids)
-        output = sockperf_pingpong_output(client, server_ip, seconds)
+        result = traffic()
         after = prog_stats(ids)
     by_program: dict[str, tuple[int, int]] = {}
     for prog_id, rec in after.items():
@@ -117,7 +138,23 @@ def bpf_time_window(client, server_ip: str, seconds: float, ids: set[int], funct
         runs, ns = by_program.get(program, (0, 0))
         by_program[program] = (runs + rec.get("run_cnt", 0) - prev.get("run_cnt", 0),
                                ns + rec.get("run_time_ns", 0) - prev.get("run_time_ns", 0))
+    return result, by_program
+
+
+def bpf_time_window(client, server_ip: str, seconds: float, ids: set[int], functions) -> BpfTime:
+    """A ping-pong of `seconds` with the kernel's run-time statistics on for the programs `ids`."""
+    output, by_program = _run_time(ids, functions, lambda: sockperf_pingpong_output(client, server_ip, seconds))
     return BpfTime(sockperf_total_round_trips(output), by_program)
+
+
+def stream_bpf_time_window(client, server_ip: str, seconds: float, ids: set[int], functions) -> StreamBpfTime:
+    """An iperf3 stream of `seconds` with the statistics on, and the path's CPU time."""
+    def stream():
+        busy = busy_cpu_ns()
+        received = iperf3_received(client, server_ip, seconds)
+        return received, busy_cpu_ns() - busy
+    (received, busy), by_program = _run_time(ids, functions, stream)
+    return StreamBpfTime(float(received["bytes"]), busy, sum(ns for _, ns in by_program.values()))
 
 
 def arms_of(programs) -> list[tuple[str, str, list[Hook], tuple[str, ...], tuple[str, ...]]]:
@@ -138,6 +175,7 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
     arms = arms_of(CATALOGUE)
     runs = {name: {"tput": [], "rr": []} for name, *_ in arms}
     bpf_time = {name: [] for name in STATS_ARMS}
+    stream_time = {name: [] for name in STATS_ARMS}
     functions = hooks_by_function()
     others = []  # BPF programs of others on the path, per arm
     started = time.monotonic()
@@ -166,6 +204,8 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
                         runs[name]["rr"].append(sockperf_pingpong(client, server_ip, seconds))
                         if name in STATS_ARMS:
                             bpf_time[name].append(bpf_time_window(client, server_ip, seconds, mine, functions))
+                            stream_time[name].append(
+                                stream_bpf_time_window(client, server_ip, seconds, mine, functions))
                     tput = f"{runs[name]['tput'][-1] / 1e9:5.2f} Gbit/s, " if "tput" in measures else ""
                     stats = (f"; {bpf_time[name][-1].ns_per_round_trip():,.0f} ns of BPF run time per round trip"
                              if name in STATS_ARMS else "")
@@ -174,7 +214,8 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
                 log(f"repetition {rep} of {reps} done after {time.monotonic() - started:.0f}s")
     finally:
         empty.cleanup()
-    return _figures(runs, others, seconds, reps, arms) + _bpf_time_figures(bpf_time, runs["floor"]["rr"], seconds)
+    return (_figures(runs, others, seconds, reps, arms) + _bpf_time_figures(bpf_time, runs["floor"]["rr"], seconds)
+            + _stream_bpf_time_figures(stream_time, seconds))
 
 
 def _figures(runs, others, seconds, reps, arms) -> list[Figure]:
@@ -254,4 +295,24 @@ def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[floa
         Figure(NAME, "request/response on/empty programs, from BPF run time alone", statistics.median(implied),
                "ratio", detail="the round trip the agent's run time above the empty programs would give, "
                                "cache effects on the stack around the programs left out; " + spread(implied)),
+    ]
+
+
+def _stream_bpf_time_figures(stream_time: dict[str, list[StreamBpfTime]], seconds: float) -> list[Figure]:
+    """The agent's run time above the empty programs per byte of a stream, against the path's CPU time."""
+    floor, on = stream_time["floor"], stream_time["on"]
+    above = [o.bpf_ns_per_byte() - f.bpf_ns_per_byte() for o, f in zip(on, floor)]
+    cpu = [f.cpu_ns_per_byte() for f in floor]
+    implied = [c / (c + a) for c, a in zip(cpu, above)]
+    share = [a / c for a, c in zip(above, cpu)]
+    how = (f"one more {seconds:g}s iperf3 window per arm and repetition, BPF run-time statistics on; CPU time of "
+           "the CPU carrying the path in the floor's window")
+    return [
+        Figure(NAME, "throughput, the agent's BPF run time above empty programs", statistics.median(above) * 1e6,
+               "ns/MB", detail=f"{statistics.median(share):.1%} of the path's CPU time per byte in the floor's "
+                               f"window ({statistics.median(cpu) * 1e6:,.0f} ns/MB); {spread([a * 1e6 for a in above], '{:,.0f}')}; "
+                               f"{how}"),
+        Figure(NAME, "throughput on/empty programs, from BPF run time alone", statistics.median(implied), "ratio",
+               detail="the rate if the path's CPU also ran the agent's time above the empty programs, cache "
+                      "effects left out; " + spread(implied)),
     ]

@@ -98,6 +98,7 @@ static __always_inline int any_spilled(void)
     s64 *spilled = np_sockets_spilled.lookup(&zero);
     return !spilled || *(volatile s64 *)spilled != 0;
 }
+
 BPF_TABLE("lru_percpu_hash", struct conn_key, struct conn_counts, connections, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct duration_key, struct np_hist_value, duration_us, NP_MAX_ENTRIES);
 BPF_TABLE("lru_percpu_hash", struct conn_key, u64, resets, NP_MAX_ENTRIES);

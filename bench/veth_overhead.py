@@ -272,15 +272,25 @@ def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[floa
     implied = [t / (t + a) for t, a in zip(floor_round_trip_ns, above)]
     empty_run_ns = [w.ns_per_round_trip() / w.runs_per_round_trip() for w in floor]   # an empty program's run
 
+    def above_empty(program: str) -> list[float]:
+        return [w.ns_per_round_trip(program) - w.runs_per_round_trip(program) * e for w, e in zip(on, empty_run_ns)]
+
     def part(program: str) -> str:
         runs = [w.runs_per_round_trip(program) for w in on]
         ns = [w.ns_per_round_trip(program) for w in on]
-        own = [n - r * e for n, r, e in zip(ns, runs, empty_run_ns)]
         return (f"{program} {statistics.median(runs):.2g} runs, {statistics.median(ns):,.0f} ns "
-                f"({statistics.median(own):,.0f} above empty)")
+                f"({statistics.median(above_empty(program)):,.0f} above empty)")
 
-    parts = "; ".join(part(p) for p in sorted(on[0].by_program))
+    programs = sorted(on[0].by_program)
+    parts = "; ".join(part(p) for p in programs)
     how = f"one more {seconds:g}s ping-pong window per arm and repetition, BPF run-time statistics on"
+    # each program's share: what it alone would cost the round trip, by its run time in the default set
+    each = [Figure(NAME, f"request/response, {p} in the default set, from BPF run time alone",
+                   statistics.median(implied_p), "ratio",
+                   detail=f"{statistics.median(above_empty(p)):,.0f} ns above as many empty runs per round trip; "
+                          + spread(implied_p))
+            for p in programs
+            for implied_p in [[t / (t + a) for t, a in zip(floor_round_trip_ns, above_empty(p))]]]
     return [
         Figure(NAME, "request/response, BPF run time per round trip, empty programs", statistics.median(floor_ns),
                "ns", detail=f"{statistics.median(w.runs_per_round_trip() for w in floor):.2g} runs per "
@@ -295,7 +305,7 @@ def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[floa
         Figure(NAME, "request/response on/empty programs, from BPF run time alone", statistics.median(implied),
                "ratio", detail="the round trip the agent's run time above the empty programs would give, "
                                "cache effects on the stack around the programs left out; " + spread(implied)),
-    ]
+    ] + each
 
 
 def _stream_bpf_time_figures(stream_time: dict[str, list[StreamBpfTime]], seconds: float) -> list[Figure]:

@@ -80,7 +80,7 @@ BPF_ARRAY(np_sockets_spilled, s64, 1);
 static __always_inline struct open_socket *open_socket_slot(u64 sk)
 {
     /* sockets are slab objects of a few KiB: bits below 6 carry nothing */
-    u32 index = (u32)(((sk >> 6) * 0x9E3779B97F4A7C15ULL) >> 32) % NP_MAX_ENTRIES;
+    u32 index = (u32)(((sk >> 6) * NP_GOLDEN) >> 32) % NP_MAX_ENTRIES;
     return open_sockets.lookup(&index);
 }
 

@@ -85,6 +85,12 @@ def per_rep_ratios(num: list[float], den: list[float]) -> list[float]:
     return [n / d for n, d in zip(num, den)]
 
 
+def implied_ratios(base: list[float], extra: list[float]) -> list[float]:
+    """Per repetition, the rate left when work that took `base` (a round trip,
+    a byte's CPU time) also spends `extra`: base / (base + extra)."""
+    return [b / (b + e) for b, e in zip(base, extra)]
+
+
 @dataclass
 class BpfTime:
     """One ping-pong window with BPF run-time statistics on."""
@@ -269,7 +275,7 @@ def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[floa
     on_ns = [w.ns_per_round_trip() for w in on]
     above = [a - b for a, b in zip(on_ns, floor_ns)]
     floor_round_trip_ns = [1e9 / rate for rate in floor_rates]   # the measured windows' (statistics off)
-    implied = [t / (t + a) for t, a in zip(floor_round_trip_ns, above)]
+    implied = implied_ratios(floor_round_trip_ns, above)
     empty_run_ns = [w.ns_per_round_trip() / w.runs_per_round_trip() for w in floor]   # an empty program's run
 
     def above_empty(program: str) -> list[float]:
@@ -285,12 +291,13 @@ def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[floa
     parts = "; ".join(part(p) for p in programs)
     how = f"one more {seconds:g}s ping-pong window per arm and repetition, BPF run-time statistics on"
     # each program's share: what it alone would cost the round trip, by its run time in the default set
-    each = [Figure(NAME, f"request/response, {p} in the default set, from BPF run time alone",
-                   statistics.median(implied_p), "ratio",
-                   detail=f"{statistics.median(above_empty(p)):,.0f} ns above as many empty runs per round trip; "
-                          + spread(implied_p))
-            for p in programs
-            for implied_p in [[t / (t + a) for t, a in zip(floor_round_trip_ns, above_empty(p))]]]
+    each = []
+    for p in programs:
+        implied_p = implied_ratios(floor_round_trip_ns, above_empty(p))
+        each.append(Figure(NAME, f"request/response, {p} in the default set, from BPF run time alone",
+                           statistics.median(implied_p), "ratio",
+                           detail=f"{statistics.median(above_empty(p)):,.0f} ns above as many empty runs per "
+                                  f"round trip; " + spread(implied_p)))
     return [
         Figure(NAME, "request/response, BPF run time per round trip, empty programs", statistics.median(floor_ns),
                "ns", detail=f"{statistics.median(w.runs_per_round_trip() for w in floor):.2g} runs per "
@@ -313,7 +320,7 @@ def _stream_bpf_time_figures(stream_time: dict[str, list[StreamBpfTime]], second
     floor, on = stream_time["floor"], stream_time["on"]
     above = [o.bpf_ns_per_byte() - f.bpf_ns_per_byte() for o, f in zip(on, floor)]
     cpu = [f.cpu_ns_per_byte() for f in floor]
-    implied = [c / (c + a) for c, a in zip(cpu, above)]
+    implied = implied_ratios(cpu, above)
     share = [a / c for a, c in zip(above, cpu)]
     how = (f"one more {seconds:g}s iperf3 window per arm and repetition, BPF run-time statistics on; CPU time of "
            "the CPU carrying the path in the floor's window")

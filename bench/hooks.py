@@ -90,19 +90,31 @@ def prog_id_of_fd(fd: int, pid: int | str = "self") -> int | None:
     return int(m.group(1)) if m else None
 
 
-class EmptyPrograms:
-    """An empty BPF program for each of `hooks`, of the same kind (EMPTY_KIND),
-    compiled and loaded in this process once, attached to any subset of them
-    by attached(): what any program on those hooks costs here. One program
+# Bodies of the reference programs: the least a program doing each kind of
+# work costs on a hook (bench kernel_cost, veth_overhead). A per-CPU cell in
+# one array shared by the object's programs: the counter is the least any
+# program that records an event pays, the clock read the least a program
+# that times one pays (bpf_ktime_get_ns, the helper every latency program
+# calls at both ends of what it times).
+EMPTY_BODY = "return 0;"
+COUNTER_BODY = "u32 zero = 0; u64 *cell = ref_cell.lookup(&zero); if (cell) (*cell)++; return 0;"
+CLOCK_BODY = "u32 zero = 0; u64 *cell = ref_cell.lookup(&zero); if (cell) *cell = bpf_ktime_get_ns(); return 0;"
+_REFERENCE_MAPS = "BPF_PERCPU_ARRAY(ref_cell, u64, 1);\n"
+
+
+class HookPrograms:
+    """A BPF program for each of `hooks`, of the same kind (EMPTY_KIND), whose
+    body is body_of(its hook, as attached), compiled and loaded in this
+    process once, attached to any subset of them by attached(). One program
     per hook, as the agent has (one program on several hooks would be skipped
     whenever it nests in itself, and look cheaper than it is), except that
-    hooks with the same empty counterpart share it. `ids` maps each
-    hook to its program's id; hooks of a kind with no empty counterpart (not
-    in EMPTY_KIND) are left out and listed in `skipped`."""
+    hooks with the same counterpart share it. `ids` maps each hook to its
+    program's id; hooks of a kind with no counterpart (not in EMPTY_KIND) are
+    left out and listed in `skipped`."""
 
     _PROG_TYPES = {"raw_tracepoint": "RAW_TRACEPOINT", "tracepoint": "TRACEPOINT", "kprobe": "KPROBE"}
 
-    def __init__(self, hooks: list[Hook]):
+    def __init__(self, hooks: list[Hook], body_of=lambda hook: EMPTY_BODY, prefix: str = "ref"):
         from bcc import BPF
 
         from node_agent.kernel.headers import find_kernel_headers
@@ -110,12 +122,13 @@ class EmptyPrograms:
         find_kernel_headers(set_env=True)   # BCC_KERNEL_SOURCE, as the agent does
         self.skipped = [h for h in dict.fromkeys(hooks) if h.kind not in EMPTY_KIND]
         self.hooks = [h for h in dict.fromkeys(hooks) if h.kind in EMPTY_KIND]
-        # hooks whose empty counterpart is the same (tp_btf and raw_tracepoint
-        # on one event: dns and segments sent share net_dev_start_xmit) share
-        # one empty program: BCC attaches a raw tracepoint once per object
+        # hooks whose counterpart is the same (tp_btf and raw_tracepoint on
+        # one event: dns and segments sent share net_dev_start_xmit) share one
+        # program: BCC attaches a raw tracepoint once per object
         self._floor = {h: Hook(EMPTY_KIND[h.kind], h.target) for h in self.hooks}
-        self._floor_fns = floor_fns = {f: f"empty_{i}" for i, f in enumerate(dict.fromkeys(self._floor.values()))}
-        self.bpf = BPF(text="".join(f"int {fn}(void *ctx) {{ return 0; }}\n" for fn in floor_fns.values()))
+        self._floor_fns = floor_fns = {f: f"{prefix}_{i}" for i, f in enumerate(dict.fromkeys(self._floor.values()))}
+        self.bpf = BPF(text=_REFERENCE_MAPS + "".join(f"int {fn}(void *ctx) {{ {body_of(f)} }}\n"
+                                                      for f, fn in floor_fns.items()))
         try:
             self._floor_ids = {f: prog_id_of_fd(self.bpf.load_func(fn, getattr(BPF, self._PROG_TYPES[f.kind])).fd)
                                for f, fn in floor_fns.items()}
@@ -126,7 +139,7 @@ class EmptyPrograms:
 
     @contextmanager
     def attached(self, hooks: list[Hook]):
-        """The empty programs of `hooks` attached for the block; yields their ids."""
+        """The programs of `hooks` attached for the block; yields their ids."""
         done = []
         try:
             for floor in dict.fromkeys(self._floor[h] for h in hooks if h in self._floor):
@@ -152,6 +165,13 @@ class EmptyPrograms:
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
+
+
+class EmptyPrograms(HookPrograms):
+    """Empty programs on `hooks`: what any program on them costs here."""
+
+    def __init__(self, hooks: list[Hook]):
+        super().__init__(hooks, prefix="empty")
 
 
 @contextmanager

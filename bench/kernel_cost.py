@@ -15,8 +15,9 @@ specs (node_agent.programs.CATALOGUE). The cost is the delta over a traffic wind
 delta of runs: one run = one event (a tracepoint hit).
 
 Beside the agent, an empty program sits on every hook the agent takes, of the
-same kind (bench.hooks.EmptyPrograms), and one that increments a per-CPU
-counter on net:netif_receive_skb. The empty ones are the floor of each hook
+same kind (bench.hooks.EmptyPrograms), and two reference programs on
+net:netif_receive_skb: one increments a per-CPU counter, one stores a clock
+read (the least a program that records, or times, an event pays). The empty ones are the floor of each hook
 on this machine (the statistics' own clock reads included, a VM's clock too).
 Each agent program is judged by how far above the empty program on its hook
 it is, per window: at most +60 ns for a hook that fires per packet, +150 ns
@@ -45,11 +46,12 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.common import Figure, log, running_agent, spread
-from bench.hooks import EMPTY_KIND, EmptyPrograms, Hook, grain, hooks_of, prog_id_of_fd
+from bench.hooks import (CLOCK_BODY, COUNTER_BODY, EMPTY_KIND, EmptyPrograms, Hook, HookPrograms, grain,
+                         hooks_of)
 from bench.traffic import iperf3_client_argv, start_iperf3_server
 from netprobe_testbed import dns_server
 from netprobe_testbed.netns import Lab
@@ -123,33 +125,27 @@ def prog_stats(ids: set[int]) -> dict[int, dict]:
 
 
 
-_COUNTER_PROGRAM = r"""
-BPF_PERCPU_ARRAY(ref_counter, u64, 1);
-
-int ref_count(void *ctx)
-{
-    u32 zero = 0;
-    u64 *value = ref_counter.lookup(&zero);
-    if (value)
-        (*value)++;
-    return 0;
-}
-"""
-COUNTER_HOOK = Hook("raw_tracepoint", "net:netif_receive_skb")
+# The reference programs beside the empty ones, each alone on REFERENCE_HOOK
+# (an object of its own: BCC keeps one attachment per raw tracepoint in an
+# object): what recording an event and timing one cost here at the least.
+REFERENCE_HOOK = Hook("raw_tracepoint", "net:netif_receive_skb")
+REFERENCES = {"per-CPU counter increment": COUNTER_BODY, "clock read into a per-CPU cell": CLOCK_BODY}
 
 
 @contextmanager
-def counter_reference():
-    """The per-CPU counter program on COUNTER_HOOK for the block (its own BPF
-    object: BCC keeps one attachment per raw tracepoint in an object); yields its id."""
-    from bcc import BPF
-
-    bpf = BPF(text=_COUNTER_PROGRAM)
+def reference_programs():
+    """REFERENCES attached for the block; yields {what: program id}."""
+    loaded = []
     try:
-        bpf.attach_raw_tracepoint(tp=COUNTER_HOOK.target.split(":", 1)[1], fn_name="ref_count")
-        yield prog_id_of_fd(bpf.funcs[b"ref_count"].fd)
+        with ExitStack() as attached:
+            ids = {}
+            for what, body in REFERENCES.items():
+                loaded.append(HookPrograms([REFERENCE_HOOK], lambda hook, body=body: body))
+                ids[what] = attached.enter_context(loaded[-1].attached([REFERENCE_HOOK])).pop()
+            yield ids
     finally:
-        bpf.cleanup()
+        for programs in loaded:
+            programs.cleanup()
 
 
 def hooks_by_function() -> dict[str, tuple[str, list[Hook]]]:
@@ -218,8 +214,8 @@ def run(workdir: Path, seconds: float, reps: int = 1, **_) -> list[Figure]:
             empty = EmptyPrograms(sorted({h for _, _, hooks in owners.values() for h in hooks},
                                          key=lambda h: (h.target, h.kind)))
             try:
-                with empty.attached(empty.hooks), counter_reference() as counter_id:
-                    ids = agent_ids | set(empty.ids.values()) | {counter_id}
+                with empty.attached(empty.hooks), reference_programs() as reference_ids:
+                    ids = agent_ids | set(empty.ids.values()) | set(reference_ids.values())
                     mixed, dns_only = [], []
                     for rep in range(1, reps + 1):
                         before, started = prog_stats(ids), time.monotonic()
@@ -254,13 +250,13 @@ def run(workdir: Path, seconds: float, reps: int = 1, **_) -> list[Figure]:
             finally:
                 empty.cleanup()
 
-    figures = _figures(mixed, owners, empty, counter_id, "")
+    figures = _figures(mixed, owners, empty, reference_ids, "")
     dns_owners = {i: o for i, o in owners.items() if o[0] == "dns"}
-    figures += _figures(dns_only, dns_owners, empty, None, ", only DNS traffic")
+    figures += _figures(dns_only, dns_owners, empty, {}, ", only DNS traffic")
     return figures
 
 
-def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyPrograms, counter_id: int | None,
+def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyPrograms, references: dict[str, int],
              tag: str) -> list[Figure]:
     """Each agent program against the empty program on its hook, window by window."""
     agent_figures, reference_figures = [], []
@@ -313,10 +309,10 @@ def _figures(windows: list[tuple[dict, float]], owners: dict, empty: EmptyProgra
         reference_figures.append(Figure(NAME, what, statistics.median(values) if values else float("nan"),
                                         "ns/event", detail=(spread(values, "{:,.0f}") + "; " + rate(prog_id))
                                         if values else "no events in the windows"))
-    if counter_id is not None:
-        values = [v for v in ns_runs(counter_id) if not math.isnan(v)]
+    for what, prog_id in references.items():
+        values = [v for v in ns_runs(prog_id) if not math.isnan(v)]
         reference_figures.append(Figure(
-            NAME, f"reference: per-CPU counter increment ({COUNTER_HOOK.target}, {COUNTER_HOOK.kind}){tag}",
+            NAME, f"reference: {what} ({REFERENCE_HOOK.target}, {REFERENCE_HOOK.kind}){tag}",
             statistics.median(values) if values else float("nan"), "ns/event",
-            detail=(spread(values, "{:,.0f}") + "; " + rate(counter_id)) if values else "no events"))
+            detail=(spread(values, "{:,.0f}") + "; " + rate(prog_id)) if values else "no events"))
     return agent_figures + sorted(reference_figures, key=lambda f: f.what)

@@ -15,7 +15,15 @@ after the other, so that drift of a shared machine hits neighbours alike:
   on       the agent with the default program set;
   then, for every program of the catalogue, request/response only:
   floor:P  empty programs on P's hooks alone;
-  on:P     the agent with P alone.
+  on:P     the agent with P alone;
+  and two reference arms that run only the statistics windows (below):
+  reference:counters    a per-CPU counter increment on every hook of the
+                        floor: the least an agent that records every event
+                        on these hooks pays;
+  reference:timestamps  the same, but rx_latency's hooks store a clock read
+                        instead: the least an agent that also times every
+                        received packet pays (rx_latency reads the clock at
+                        both ends of each packet).
 
 The targets are on/floor (and on:P/floor:P for each program): the agent's own
 work, measured against the floor of the same repetition. Each ratio is taken
@@ -35,7 +43,8 @@ throughput: one more iperf3 window per stats arm gives the agent's run time
 above the empty programs per byte received, against the time the CPU that
 carries the whole path (the pinned load generators' CPU) was busy per byte
 in the floor's window: the stream's rate if that CPU spent the agent's extra
-time and nothing else changed.
+time and nothing else changed. The reference arms get the same two figures,
+so the agent's can be read against what no agent doing its job could beat.
 """
 from __future__ import annotations
 
@@ -47,7 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import Figure, bpf_programs_on_path, log, running_agent, spread
-from bench.hooks import DEFAULT_PROGRAMS, EMPTY_KIND, EmptyPrograms, Hook, hooks_of
+from bench.hooks import (CLOCK_BODY, COUNTER_BODY, DEFAULT_PROGRAMS, EMPTY_KIND, EmptyPrograms, Hook,
+                         HookPrograms, hooks_of)
 from bench.kernel_cost import bpf_stats_enabled, function_of, hooks_by_function, prog_ids_of, prog_stats
 from bench.traffic import (busy_cpu_ns, iperf3_bits_per_second, iperf3_received, sockperf_pingpong,
                            sockperf_pingpong_output, sockperf_total_round_trips, start_iperf3_server,
@@ -58,16 +68,22 @@ NAME = "veth_overhead"
 TARGET_THROUGHPUT_RATIO = 0.99   # agent on / empty programs (issue 14)
 TARGET_RR_RATIO = 0.98
 SETTLE_SECONDS = 1  # after the agent is ready: let its start-up CPU burst pass
-STATS_ARMS = ("floor", "on")   # the arms that also run a window with BPF run-time statistics on
+REFERENCE_ARMS = {   # name -> (what it shows, body of its program on a hook)
+    "reference:counters": ("a per-CPU counter on every hook", lambda timed: COUNTER_BODY),
+    "reference:timestamps": ("a per-CPU counter on every hook, a clock read on rx_latency's",
+                             lambda timed: CLOCK_BODY if timed else COUNTER_BODY),
+}
+STATS_ARMS = ("floor", "on", *REFERENCE_ARMS)   # the arms that run windows with BPF run-time statistics on
 
 
 @contextmanager
-def arm(state: str, workdir: Path, resolver: Path, tag: str, hooks: list[Hook], programs, empty: EmptyPrograms):
-    """The arm's BPF set-up; yields the ids of the BPF programs it loaded."""
+def arm(state: str, workdir: Path, resolver: Path, tag: str, hooks: list[Hook], programs, loaded: HookPrograms):
+    """The arm's BPF set-up; yields the ids of the BPF programs it loaded.
+    `loaded`: the floor's (or reference's) programs, attached for the arm."""
     if state == "off":
         yield set()
-    elif state == "floor":
-        with empty.attached(hooks) as ids:
+    elif state in ("floor", "reference"):
+        with loaded.attached(hooks) as ids:
             yield ids
     else:
         with running_agent(workdir, resolver, tag, programs=programs) as agent:
@@ -169,6 +185,7 @@ def arms_of(programs) -> list[tuple[str, str, list[Hook], tuple[str, ...], tuple
     arms = [("off", "off", [], (), ("tput", "rr")),
             ("floor", "floor", default_hooks, (), ("tput", "rr")),
             ("on", "on", default_hooks, DEFAULT_PROGRAMS, ("tput", "rr"))]
+    arms += [(name, "reference", default_hooks, (), ()) for name in REFERENCE_ARMS]
     for p in programs:
         hooks = hooks_of([p])
         arms += [(f"floor:{p}", "floor", hooks, (), ("rr",)), (f"on:{p}", "on", hooks, (p,), ("rr",))]
@@ -186,7 +203,11 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
     others = []  # BPF programs of others on the path, per arm
     started = time.monotonic()
     empty = EmptyPrograms([h for _, _, hooks, _, _ in arms for h in hooks])   # compiled once, attached per arm
+    timed = {h.target for h in hooks_of(["rx_latency"])}
+    references = {}
     try:
+        for name, (_, body) in REFERENCE_ARMS.items():
+            references[name] = HookPrograms(hooks_of(DEFAULT_PROGRAMS), lambda hook, body=body: body(hook.target in timed))
         with Lab(["client", "server"], prefix="npv") as lab:
             client, server = lab.pods["client"], lab.pods["server"]
             _, server_ip = lab.link("client", "server")
@@ -202,24 +223,27 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
             for rep in range(1, reps + 1):
                 for name, state, hooks, programs, measures in arms:
                     tag = f"veth-{rep}-{name.replace(':', '-')}"
-                    with arm(state, workdir, resolver, tag, hooks, programs, empty) as mine:
+                    with arm(state, workdir, resolver, tag, hooks, programs, references.get(name, empty)) as mine:
                         # this process's own programs (the floor arm's) are not others'
                         others.append(bpf_programs_on_path(exclude=mine | prog_ids_of(os.getpid())))
                         if "tput" in measures:
                             runs[name]["tput"].append(iperf3_bits_per_second(client, server_ip, seconds))
-                        runs[name]["rr"].append(sockperf_pingpong(client, server_ip, seconds))
+                        if "rr" in measures:
+                            runs[name]["rr"].append(sockperf_pingpong(client, server_ip, seconds))
                         if name in STATS_ARMS:
                             bpf_time[name].append(bpf_time_window(client, server_ip, seconds, mine, functions))
                             stream_time[name].append(
                                 stream_bpf_time_window(client, server_ip, seconds, mine, functions))
-                    tput = f"{runs[name]['tput'][-1] / 1e9:5.2f} Gbit/s, " if "tput" in measures else ""
-                    stats = (f"; {bpf_time[name][-1].ns_per_round_trip():,.0f} ns of BPF run time per round trip"
-                             if name in STATS_ARMS else "")
-                    log(f"run {rep} {name:<20}: {tput}{runs[name]['rr'][-1]:>8,.0f} round trips/s "
-                        f"({others[-1]} BPF programs of others loaded){stats}")
+                    measured = [f"{runs[name]['tput'][-1] / 1e9:5.2f} Gbit/s"] if "tput" in measures else []
+                    measured += [f"{runs[name]['rr'][-1]:>8,.0f} round trips/s"] if "rr" in measures else []
+                    if name in STATS_ARMS:
+                        measured.append(f"{bpf_time[name][-1].ns_per_round_trip():,.0f} ns of BPF run time per "
+                                        f"round trip")
+                    log(f"run {rep} {name:<22}: {', '.join(measured)} ({others[-1]} BPF programs of others loaded)")
                 log(f"repetition {rep} of {reps} done after {time.monotonic() - started:.0f}s")
     finally:
-        empty.cleanup()
+        for programs in (empty, *references.values()):
+            programs.cleanup()
     return (_figures(runs, others, seconds, reps, arms) + _bpf_time_figures(bpf_time, runs["floor"]["rr"], seconds)
             + _stream_bpf_time_figures(stream_time, seconds))
 
@@ -298,6 +322,13 @@ def _bpf_time_figures(bpf_time: dict[str, list[BpfTime]], floor_rates: list[floa
                            statistics.median(implied_p), "ratio",
                            detail=f"{statistics.median(above_empty(p)):,.0f} ns above as many empty runs per "
                                   f"round trip; " + spread(implied_p)))
+    for name, (what, _) in REFERENCE_ARMS.items():
+        above_r = [w.ns_per_round_trip() - f for w, f in zip(bpf_time[name], floor_ns)]
+        implied_r = implied_ratios(floor_round_trip_ns, above_r)
+        each.append(Figure(NAME, f"request/response, {name}, from BPF run time alone", statistics.median(implied_r),
+                           "ratio", detail=f"{what} instead of the agent: {statistics.median(above_r):,.0f} ns "
+                                           f"above the empty programs per round trip: {spread(above_r, '{:,.0f}')}; "
+                                           f"ratios: {spread(implied_r)}"))
     return [
         Figure(NAME, "request/response, BPF run time per round trip, empty programs", statistics.median(floor_ns),
                "ns", detail=f"{statistics.median(w.runs_per_round_trip() for w in floor):.2g} runs per "
@@ -324,6 +355,14 @@ def _stream_bpf_time_figures(stream_time: dict[str, list[StreamBpfTime]], second
     share = [a / c for a, c in zip(above, cpu)]
     how = (f"one more {seconds:g}s iperf3 window per arm and repetition, BPF run-time statistics on; CPU time of "
            "the CPU carrying the path in the floor's window")
+    references = []
+    for name, (what, _) in REFERENCE_ARMS.items():
+        above_r = [r.bpf_ns_per_byte() - f.bpf_ns_per_byte() for r, f in zip(stream_time[name], floor)]
+        implied_r = implied_ratios(cpu, above_r)
+        references.append(Figure(
+            NAME, f"throughput, {name}, from BPF run time alone", statistics.median(implied_r), "ratio",
+            detail=f"{what} instead of the agent: {statistics.median(above_r) * 1e6:,.0f} ns/MB above the empty "
+                   f"programs: {spread([a * 1e6 for a in above_r], '{:,.0f}')}; ratios: {spread(implied_r)}"))
     return [
         Figure(NAME, "throughput, the agent's BPF run time above empty programs", statistics.median(above) * 1e6,
                "ns/MB", detail=f"{statistics.median(share):.1%} of the path's CPU time per byte in the floor's "
@@ -332,4 +371,4 @@ def _stream_bpf_time_figures(stream_time: dict[str, list[StreamBpfTime]], second
         Figure(NAME, "throughput on/empty programs, from BPF run time alone", statistics.median(implied), "ratio",
                detail="the rate if the path's CPU also ran the agent's time above the empty programs, cache "
                       "effects left out; " + spread(implied)),
-    ]
+    ] + references

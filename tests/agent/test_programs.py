@@ -276,8 +276,21 @@ def test_sockets_past_the_open_socket_table_spill_to_the_hash_and_past_both_are_
     assert_counted({"opened": c["opened"]}, {"opened": 2 * n}, lost)
     assert 2 * n - lost <= c["active"] + c["failures"] <= 2 * n + 2 * (scrapes - 1), (c, scrapes)
     assert 64 < c["active"] <= 128 and c["failures"] > 0, c
-    closed = wait_until(lambda: (lambda s: s if counts(s)["active"] == 0 else None)(small.scrape()),
-                        timeout=30, what="every tracked connection closed")
+    last = {}
+
+    def all_closed():
+        """The scrape once active is back to 0, or as far down as the closes
+        the kernel skipped allow (each leaves its socket counted active:
+        docs/agent.md, Skipped runs)."""
+        s = small.scrape()
+        last.update(counts(s), missed=missed(held, s),
+                    evicted={m: s.value("netprobe_map_evictions_total", program="tcp_connections", map=m)
+                             for m in ("connections", "duration_us")})
+        return s if last["active"] <= last["missed"] else None
+    try:
+        closed = wait_until(all_closed, timeout=30, what="every tracked connection closed")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; the last scrape read {last}") from e
     assert_counted({k: counts(closed)[k] for k in ("closed", "durations")},
                    {"closed": c["active"], "durations": c["active"]}, missed(held, closed))
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.common import CpuAccount, Figure, log, running_agent, spread
-from bench.hooks import Hook, empty_programs_on
+from bench.hooks import EMPTY_KIND, Hook, empty_programs_on, hooks_of
 from bench.kernel_cost import bpf_stats_enabled, function_of, hooks_by_function, prog_ids_of, prog_stats
 from bench.metrics_render import count_series
 from netprobe_testbed.netns import Lab
@@ -43,8 +43,6 @@ IN_FLIGHT = 32          # outstanding queries at most in the high window (a reso
 FLOOD_NAMES = 256       # distinct names the client cycles through
 QUERY_NAMES = 64        # the agent's query_names cap
 MAX_RATE = 50_000       # bound on the high window's rate, whatever the machine
-# An empty program on each of dns's hooks (dns's programs are judged against the one on their own hook)
-FLOOR_HOOKS = [Hook("raw_tracepoint", "net:netif_receive_skb"), Hook("raw_tracepoint", "net:net_dev_start_xmit")]
 
 # Answers every datagram on port 53 with itself, the response bit set (NOERROR).
 _RESPONDER = r"""
@@ -162,8 +160,11 @@ def _agent_run(workdir: Path, resolver: Path, client, server_ip: str, names: int
             raise RuntimeError("the agent holds no BPF program file descriptors")
         cpu = CpuAccount(agent.pid)
         try:
-            with empty_programs_on(FLOOR_HOOKS) as empty:
-                floor_ids = {hook.target: empty.ids[hook] for hook in FLOOR_HOOKS}
+            # an empty program on each of dns's hooks, as this kernel attaches them: each dns
+            # program is set against the one on its own hook
+            dns_hooks = hooks_of(["dns"])
+            with empty_programs_on(dns_hooks) as empty:
+                floor_ids = {hook.target: empty.ids[hook] for hook in dns_hooks}
                 agent.metrics_text()          # the first scrape builds caches: not steady state
                 windows: dict[tuple[str, bool], list[dict]] = {}
                 for label, rate, scrape in [("low", LOW_RATE, True), ("high", 0, True)] * reps + [("high", 0, False)]:
@@ -230,7 +231,7 @@ def _figures(runs: dict, owners: dict[str, tuple[str, list[Hook]]]) -> list[Figu
             hook = owners[fn][1][0]
             empty_ns = floor_ns(hook.target)
             if not math.isnan(value) and not math.isnan(empty_ns):
-                detail += (f"; {value - empty_ns:,.0f} ns above the empty raw_tracepoint program on "
+                detail += (f"; {value - empty_ns:,.0f} ns above the empty {EMPTY_KIND[hook.kind]} program on "
                            f"{hook.target} ({empty_ns:,.0f})")
             figures.append(Figure(NAME, f"{what}, query flood, {tag}", value, "ns/event", detail=detail))
     return figures

@@ -17,8 +17,9 @@ delta of runs: one run = one event (a tracepoint hit).
 Beside the agent, an empty program sits on every hook the agent takes, of the
 same kind (bench.hooks.EmptyPrograms), and two reference programs on
 net:netif_receive_skb: one increments a per-CPU counter, one stores a clock
-read (the least a program that records, or times, an event pays). The empty ones are the floor of each hook
-on this machine (the statistics' own clock reads included, a VM's clock too).
+read (the least a program that records, or times, an event pays). The empty
+ones are the floor of each hook on this machine (the statistics' own clock
+reads included, a VM's clock too).
 Each agent program is judged by how far above the empty program on its hook
 it is, per window: at most +60 ns for a hook that fires per packet, +150 ns
 for one that fires per connection event (bench.hooks.grain: from the

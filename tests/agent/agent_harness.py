@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,27 @@ class AgentProcess(testbed.AgentProcess):
     def stop(self) -> int:
         code = super().stop(timeout=60)
         return 0 if code is None else code
+
+
+def quiet_baseline(agent: AgentProcess, read_kernel, timeout: float = 10.0):
+    """The kernel's counters (`read_kernel()`) and a scrape of `agent` with
+    nothing counted between them: the kernel read before the scrape and the
+    one after it agree. The last segments of an earlier test (a FIN sent
+    again, the ACK that answers it) still leave after that test ended; one
+    counted between a lone kernel read and the scrape sits in one baseline and
+    not the other, and every delta compared after differs by it (seen: a
+    pod's OutSegs one above its segments sent)."""
+    deadline = time.monotonic() + timeout * TIME_SCALE
+    kernel = read_kernel()
+    while True:
+        scrape, again = agent.scrape(), read_kernel()
+        if again == kernel:
+            return kernel, scrape
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the kernel's counters moved around every scrape for {timeout:.0f} s; "
+                               f"last {kernel!r} -> {again!r}")
+        kernel = again
+        time.sleep(0.05)
 
 
 def expected_attach(programs: dict) -> dict[str, str]:

@@ -18,7 +18,7 @@ import pytest
 from netprobe_testbed import dns_server
 from netprobe_testbed.netns import TIME_SCALE, Lab, wait_until
 
-from agent_harness import ALL_PROGRAMS, LABELS, AgentProcess, expected_attach, need_root
+from agent_harness import ALL_PROGRAMS, LABELS, AgentProcess, expected_attach, need_root, quiet_baseline
 from node_agent.kernel.features import KernelFeatures
 from node_agent.metrics.agent_metrics import AGENT_METRICS
 from node_agent.programs import CATALOGUE
@@ -450,7 +450,7 @@ def test_rx_latency_counts_every_data_packet_each_pod_received(lab, agent, attac
     kprobe = EXPECTED_ATTACH[attach_mode]["rx_latency"] == "kprobe"
     captures = [start_capture(lab, p) for p in "ab"] if capture else []
     try:
-        mib_before, before = {p: netns_mib(lab, p) for p in "ab"}, agent.scrape()
+        mib_before, before = quiet_baseline(agent, lambda: {p: netns_mib(lab, p) for p in "ab"})
         assert lab.connect_many("a", ip(lab, "b", family), port, n) == n
         after, got, want, ndp = wait_counted(lab, agent, before, mib_before, server, client, n, kprobe)
     finally:
@@ -552,7 +552,7 @@ def test_segments_sent_equal_the_kernels_out_segments_once_per_segment_not_per_h
     mss = mtu - (20 if family == "ip4" else 40) - 20      # the largest possible: no TCP options
     data_segments = -(-payload // mss)
 
-    kernel_before, before = tcp_out_segments(lab, "d"), agent.scrape()
+    kernel_before, before = quiet_baseline(agent, lambda: tcp_out_segments(lab, "d"))
     assert lab.connect_many("d", ip(lab, "b", family), port, 1, payload=b"p" * payload) == 1
 
     hook = dict(program="tcp_retransmit", hook="net:net_dev_start_xmit")
@@ -599,7 +599,7 @@ def test_retransmits_equal_the_kernels_retransmitted_segments_under_gso_and_carr
     hooks = {"retransmits": dict(program="tcp_retransmit", hook="tcp:tcp_retransmit_skb"),
              "synack": dict(program="tcp_retransmit", hook="tcp:tcp_retransmit_synack"),
              "segments": dict(program="tcp_retransmit", hook="net:net_dev_start_xmit")}
-    kernel_before, before = {p: tcp_counters(lab, p) for p in "ab"}, agent.scrape()
+    kernel_before, before = quiet_baseline(agent, lambda: {p: tcp_counters(lab, p) for p in "ab"})
     lab.add_random_drop("b", 10, from_ip=ip(lab, "a", family))
     try:
         assert lab.connect_many("a", ip(lab, "b", family), port, 1, payload=b"L" * 4_000_000, timeout=60) == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from netprobe_testbed import agent as testbed
-from netprobe_testbed.netns import TIME_SCALE
+from netprobe_testbed.netns import TIME_SCALE, wait_until
 from netprobe_testbed.processes import free_port
 
 ALL_PROGRAMS = {name: {} for name in testbed.ALL_PROGRAMS}     # every program, default options
@@ -85,17 +84,17 @@ def quiet_baseline(agent: AgentProcess, read_kernel, timeout: float = 10.0):
     counted between a lone kernel read and the scrape sits in one baseline and
     not the other, and every delta compared after differs by it (seen: a
     pod's OutSegs one above its segments sent)."""
-    deadline = time.monotonic() + timeout * TIME_SCALE
-    kernel = read_kernel()
-    while True:
-        scrape, again = agent.scrape(), read_kernel()
-        if again == kernel:
-            return kernel, scrape
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the kernel's counters moved around every scrape for {timeout:.0f} s; "
-                               f"last {kernel!r} -> {again!r}")
-        kernel = again
-        time.sleep(0.05)
+    readings = [read_kernel()]      # the last two kernel reads
+
+    def held_still():
+        scrape = agent.scrape()
+        readings[:] = [readings[-1], read_kernel()]
+        return (readings[1], scrape) if readings[0] == readings[1] else None
+    try:
+        return wait_until(held_still, timeout=timeout, interval=0.05,
+                          what="the kernel's counters to hold still around a scrape")
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}; the last two kernel reads: {readings}") from e
 
 
 def expected_attach(programs: dict) -> dict[str, str]:

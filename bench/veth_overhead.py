@@ -203,12 +203,13 @@ def run(workdir: Path, seconds: float, reps: int, **_) -> list[Figure]:
     others = []  # BPF programs of others on the path, per arm
     started = time.monotonic()
     empty = EmptyPrograms([h for _, _, hooks, _, _ in arms for h in hooks])   # compiled once, attached per arm
-    default_hooks = hooks_of(DEFAULT_PROGRAMS)
     timed = {h.target for h in hooks_of(["rx_latency"])}   # the hooks where reference:timestamps reads the clock
     references = {}
     try:
-        for name, (_, body) in REFERENCE_ARMS.items():
-            references[name] = HookPrograms(default_hooks, lambda hook, body=body: body(hook.target in timed))
+        for name, _, hooks, _, _ in arms:      # each reference arm's programs, on the arm's own hooks
+            if name in REFERENCE_ARMS:
+                body = REFERENCE_ARMS[name][1]
+                references[name] = HookPrograms(hooks, lambda hook, body=body: body(hook.target in timed))
         with Lab(["client", "server"], prefix="npv") as lab:
             client, server = lab.pods["client"], lab.pods["server"]
             _, server_ip = lab.link("client", "server")
